@@ -1,0 +1,187 @@
+"""Seg-XRes-CAM: gradient x activation at a target layer, the gradient pooled in windows.
+
+One template, three presets: window 1 is HiResCAM, a window covering the whole feature map is
+Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_xres.base import Explainer, Explanation, preserved_model_state
+from monai_xres.layers import Reshape, TargetLayer, resolve_layer
+from monai_xres.maps import resize_linear
+from monai_xres.targets import RegionTarget
+
+__all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
+
+PoolSize = int | Sequence[int] | str
+
+
+def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -> torch.Tensor:
+    """Pool ``grad`` ``(B, K, *grid)`` in non-overlapping windows and bring it back to ``grid``.
+
+    As the published Seg-XRes-CAM code: zero-pad the end of each axis to a multiple of the window, pool
+    (``mean`` divides by the full window, padded zeros included; ``max`` sees the padded zeros), then
+    half-pixel nearest (``nearest-exact``) back to the grid. ``pool_size="global"`` pools the whole map.
+    """
+    grid = tuple(grad.shape[2:])
+    dims = tuple(range(2, grad.ndim))
+    if pool_size == "global":
+        pooled = grad.mean(dims, keepdim=True) if mode == "mean" else grad.amax(dims, keepdim=True)
+        return pooled.expand_as(grad)
+    window = _window(pool_size, len(grid))
+    if all(w == 1 for w in window):
+        return grad
+    pad: list[int] = []
+    for n, w in zip(reversed(grid), reversed(window)):
+        pad += [0, (-n) % w]
+    padded = F.pad(grad, pad)
+    pool = getattr(F, f"{'avg' if mode == 'mean' else 'max'}_pool{len(grid)}d")
+    pooled = pool(padded, kernel_size=window, stride=window)
+    return F.interpolate(pooled, size=grid, mode="nearest-exact")
+
+
+def _window(pool_size: PoolSize, n_dims: int) -> tuple[int, ...]:
+    window = (pool_size,) * n_dims if isinstance(pool_size, int) else tuple(pool_size)
+    if len(window) != n_dims or not all(isinstance(w, int) and w >= 1 for w in window):
+        raise ValueError(f"pool_size must be 'global', a positive int or {n_dims} positive ints for a "
+                         f"{n_dims}D feature map, got {pool_size!r}.")
+    return window
+
+
+class SegXResCAM(Explainer):
+    """Seg-XRes-CAM of a region of a segmentation output.
+
+    ``map = ReLU(sum_k pool(dS/dA)_k * A_k)``, linearly resized to the input, where ``S`` is the region
+    score of :class:`~monai_xres.targets.RegionTarget` and ``A`` the target layer's output.
+
+    Only ``dS/dA`` is computed: the network runs without autograd up to the target layer, and the
+    backward pass stops there, with no weight gradients.
+
+    Args:
+        network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``, 2D or 3D.
+        target_layer: dotted module name or module; None takes the bottleneck of MONAI's UNet, UNETR,
+            SwinUNETR or SegResNet (see :func:`~monai_xres.layers.default_layer_name`).
+        pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM.
+        pool_mode: ``"mean"`` or ``"max"``.
+        reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
+        eval_mode: explain the network in eval mode (restored afterwards).
+
+    Example::
+
+        cam = SegXResCAM(net, pool_size=2)
+        saliency = cam(image, RegionTarget(1, box=((10, 10, 4), (40, 40, 20))))  # (B, 1, H, W, D)
+    """
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
+                 pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
+                 eval_mode: bool = True) -> None:
+        super().__init__(network, eval_mode)
+        if pool_mode not in ("mean", "max"):
+            raise ValueError(f"pool_mode must be 'mean' or 'max', got {pool_mode!r}.")
+        if pool_size != "global":
+            _window(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
+        self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
+        self.pool_size = pool_size
+        self.pool_mode = pool_mode
+
+    def params(self) -> dict:
+        """The method's parameters, JSON-friendly (for provenance sidecars)."""
+        size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
+        return {"method": type(self).__name__, "target_layer": self.layer.name, "pool_size": size,
+                "pool_mode": self.pool_mode}
+
+    def attribute(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int,
+                  relu: bool = True, upsample: bool = True) -> Explanation:
+        """Explain ``target`` for ``x`` ``(B, C_in, *spatial)``.
+
+        Args:
+            relu: apply the ReLU (False gives the signed map, e.g. to check completeness).
+            upsample: resize to the input grid (False keeps the feature grid ``(B, 1, *grid)``).
+        """
+        with torch.inference_mode(False):
+            x, targets, affines = self.prepare(x, target)
+            with preserved_model_state(self.network, self.eval_mode):
+                logits, activation, grad, regions, scores = self._gradient(x, targets, affines)
+            cam = self.combine(activation, grad)
+        if relu:
+            cam = cam.relu()
+        if upsample:
+            cam = resize_linear(cam, x.shape[2:])
+        return Explanation(cam.float(), logits, regions, scores, self.params())
+
+    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation."""
+        if self.layer.reshape is not None:
+            activation, grad = self.layer.reshape(activation), self.layer.reshape(grad)
+        if activation.ndim < 3:
+            raise ValueError(f"Layer {self.layer.name!r} gives {tuple(activation.shape)}, not a feature map "
+                             "(B, K, *grid): choose a convolutional layer or pass reshape=...")
+        weights = pool_gradient(grad.float(), self.pool_size, self.pool_mode)
+        return (weights * activation.float()).sum(1, keepdim=True)
+
+    def _gradient(self, x: torch.Tensor, targets: list[RegionTarget], affines: list):
+        with self._captured_activation() as captured, torch.no_grad():
+            logits = self.network(x)
+        if not captured:
+            raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "
+                             "network uses for this input.")
+        if isinstance(logits, (tuple, list)):  # deep supervision heads: the first is the prediction
+            logits = logits[0]
+        activation = captured[0]
+        regions = self.resolve_regions(logits, targets, affines)
+        with torch.enable_grad():
+            per_sample = [t.score(logits[i], regions[i]) for i, t in enumerate(targets)]
+            score = torch.stack(per_sample).sum()
+        if not score.requires_grad:
+            raise ValueError(f"The output does not depend on layer {self.layer.name!r}: choose a layer "
+                             "between the input and the output.")
+        (grad,) = torch.autograd.grad(score, activation)
+        return logits.detach(), activation.detach(), grad, regions, [float(s.detach()) for s in per_sample]
+
+    @contextlib.contextmanager
+    def _captured_activation(self) -> Iterator[list[torch.Tensor]]:
+        """Hook the target layer: its output becomes a leaf that requires grad, and autograd is switched
+        on from there, so the graph holds only what lies between the layer and the output."""
+        captured: list[torch.Tensor] = []
+        name = self.layer.name
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise ValueError(f"Layer {name!r} returns {type(output).__name__}, not a tensor: choose its "
+                                 "sub-layer that returns the feature map (e.g. UNETR's 'vit.norm').")
+            if captured:
+                raise ValueError(f"Layer {name!r} runs more than once per forward pass: choose a layer "
+                                 "that runs once.")
+            torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
+            leaf = output.detach().requires_grad_(True)
+            captured.append(leaf)
+            return leaf
+
+        handle = self.layer.module.register_forward_hook(hook)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+
+class HiResCAM(SegXResCAM):
+    """HiResCAM (Draelos and Carin): Seg-XRes-CAM with window 1, the gradient not pooled at all."""
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
+                 reshape: Reshape | None = None, eval_mode: bool = True) -> None:
+        super().__init__(network, target_layer, 1, "mean", reshape, eval_mode)
+
+
+class SegGradCAM(SegXResCAM):
+    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient averaged over the whole map."""
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
+                 reshape: Reshape | None = None, eval_mode: bool = True) -> None:
+        super().__init__(network, target_layer, "global", "mean", reshape, eval_mode)
