@@ -11,11 +11,13 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from monai_xres.base import Explainer, Explanation, preserved_model_state
 from monai_xres.layers import Reshape, TargetLayer, resolve_layer
 from monai_xres.maps import resize_linear
+from monai_xres.sliding import check_inferer, sliding_cam
 from monai_xres.targets import RegionTarget
 
 __all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
@@ -72,6 +74,10 @@ class SegXResCAM(Explainer):
         pool_mode: ``"mean"`` or ``"max"``.
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
         eval_mode: explain the network in eval mode (restored afterwards).
+        inferer: a ``SlidingWindowInferer``: explain the region of its stitched output, window by window
+            (see :mod:`monai_xres.sliding`); memory then scales with the window, not the scan.
+        amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
+        verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
 
     Example::
 
@@ -81,7 +87,8 @@ class SegXResCAM(Explainer):
 
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
-                 eval_mode: bool = True) -> None:
+                 eval_mode: bool = True, inferer: SlidingWindowInferer | None = None, amp: bool = True,
+                 verbose: bool = True) -> None:
         super().__init__(network, eval_mode)
         if pool_mode not in ("mean", "max"):
             raise ValueError(f"pool_mode must be 'mean' or 'max', got {pool_mode!r}.")
@@ -90,6 +97,9 @@ class SegXResCAM(Explainer):
         self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
         self.pool_size = pool_size
         self.pool_mode = pool_mode
+        self.inferer = None if inferer is None else check_inferer(inferer)
+        self.amp = amp
+        self.verbose = verbose
 
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
@@ -105,16 +115,35 @@ class SegXResCAM(Explainer):
             relu: apply the ReLU (False gives the signed map, e.g. to check completeness).
             upsample: resize to the input grid (False keeps the feature grid ``(B, 1, *grid)``).
         """
+        info = self.params()
         with torch.inference_mode(False):
             x, targets, affines = self.prepare(x, target)
-            with preserved_model_state(self.network, self.eval_mode):
-                logits, activation, grad, regions, scores = self._gradient(x, targets, affines)
-            cam = self.combine(activation, grad)
+            with preserved_model_state(self.network, self.eval_mode), self._autocast(x):
+                if self.inferer is not None:
+                    if not upsample:
+                        raise ValueError("With a sliding-window inferer the map is built on the input grid: "
+                                         "upsample=False is not available.")
+                    cam, logits, regions, scores, windows = sliding_cam(
+                        self, x, targets, affines, self.inferer, self.verbose)
+                    info.update(windows)
+                else:
+                    logits, activation = self._forward_from_layer(x)
+                    regions = self.resolve_regions(logits, targets, affines)
+                    grad, scores = self._score_gradient(logits, activation, targets, regions)
+                    cam = self.combine(activation.detach(), grad)
         if relu:
             cam = cam.relu()
         if upsample:
             cam = resize_linear(cam, x.shape[2:])
-        return Explanation(cam.float(), logits, regions, scores, self.params())
+        return Explanation(cam.float(), logits.detach(), regions, scores, info)
+
+    def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+        """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some
+        score with respect to the network output (used per window by :mod:`monai_xres.sliding`)."""
+        output, activation = self._forward_from_layer(x)
+        self._check_connected(output)
+        (grad,) = torch.autograd.grad(output, activation, grad_outputs=upstream.to(output.dtype))
+        return self.combine(activation.detach(), grad)
 
     def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation."""
@@ -126,24 +155,33 @@ class SegXResCAM(Explainer):
         weights = pool_gradient(grad.float(), self.pool_size, self.pool_mode)
         return (weights * activation.float()).sum(1, keepdim=True)
 
-    def _gradient(self, x: torch.Tensor, targets: list[RegionTarget], affines: list):
+    def _autocast(self, x: torch.Tensor):
+        return torch.autocast("cuda") if self.amp and x.is_cuda else contextlib.nullcontext()
+
+    def _forward_from_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network output and the captured target-layer leaf; autograd runs only from the layer on."""
         with self._captured_activation() as captured, torch.no_grad():
-            logits = self.network(x)
+            output = self.network(x)
         if not captured:
             raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "
                              "network uses for this input.")
-        if isinstance(logits, (tuple, list)):  # deep supervision heads: the first is the prediction
-            logits = logits[0]
-        activation = captured[0]
-        regions = self.resolve_regions(logits, targets, affines)
-        with torch.enable_grad():
-            per_sample = [t.score(logits[i], regions[i]) for i, t in enumerate(targets)]
-            score = torch.stack(per_sample).sum()
-        if not score.requires_grad:
+        if isinstance(output, (tuple, list)):  # deep supervision heads: the first is the prediction
+            output = output[0]
+        return output, captured[0]
+
+    def _check_connected(self, output: torch.Tensor) -> None:
+        if not output.requires_grad:
             raise ValueError(f"The output does not depend on layer {self.layer.name!r}: choose a layer "
                              "between the input and the output.")
-        (grad,) = torch.autograd.grad(score, activation)
-        return logits.detach(), activation.detach(), grad, regions, [float(s.detach()) for s in per_sample]
+
+    def _score_gradient(self, logits: torch.Tensor, activation: torch.Tensor, targets: list[RegionTarget],
+                        regions: list[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+        """dS/dA of the summed region scores, and each sample's score."""
+        self._check_connected(logits)
+        with torch.enable_grad():
+            per_sample = [t.score(logits[i].float(), regions[i]) for i, t in enumerate(targets)]
+        (grad,) = torch.autograd.grad(torch.stack(per_sample).sum(), activation)
+        return grad, [float(s.detach()) for s in per_sample]
 
     @contextlib.contextmanager
     def _captured_activation(self) -> Iterator[list[torch.Tensor]]:
@@ -172,16 +210,20 @@ class SegXResCAM(Explainer):
 
 
 class HiResCAM(SegXResCAM):
-    """HiResCAM (Draelos and Carin): Seg-XRes-CAM with window 1, the gradient not pooled at all."""
+    """HiResCAM (Draelos and Carin): Seg-XRes-CAM with window 1, the gradient not pooled at all.
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
-                 reshape: Reshape | None = None, eval_mode: bool = True) -> None:
-        super().__init__(network, target_layer, 1, "mean", reshape, eval_mode)
+    Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
+    """
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
+        super().__init__(network, target_layer, pool_size=1, pool_mode="mean", **kwargs)
 
 
 class SegGradCAM(SegXResCAM):
-    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient averaged over the whole map."""
+    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient averaged over the whole map.
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
-                 reshape: Reshape | None = None, eval_mode: bool = True) -> None:
-        super().__init__(network, target_layer, "global", "mean", reshape, eval_mode)
+    Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
+    """
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
+        super().__init__(network, target_layer, pool_size="global", pool_mode="mean", **kwargs)

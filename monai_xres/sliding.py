@@ -1,0 +1,129 @@
+"""Seg-XRes-CAM of the stitched output of MONAI's ``SlidingWindowInferer``.
+
+The stitched output is ``L = sum_w place_w(imp * out_w) / count`` with ``count = sum_w place_w(imp)``:
+linear in every window's output. So the gradient of the global region score ``S`` reaching window
+``w`` is exactly ``dS/dout_w = imp * crop_w(dS/dL / count)``, which already carries the window's
+blending weight. Each window's pre-ReLU map (pooled gradient x activation at its target layer) is
+resized to the window and added into a scan-sized map; the ReLU comes once, after the sum. Windows
+whose ``dS/dout_w`` is exactly zero (no overlap with the region) need no backward pass and are skipped.
+
+The prediction itself comes from MONAI's ``sliding_window_inference`` (its window slices recorded with
+``with_coord``), the blending weights from MONAI's ``compute_importance_map``: nothing of MONAI's
+stitching is re-implemented beyond summing its weights over its own windows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, get_valid_patch_size
+from monai.inferers import SlidingWindowInferer, sliding_window_inference
+from monai.utils import PytorchPadMode, fall_back_tuple, look_up_option
+from tqdm.auto import tqdm
+
+from monai_xres.maps import resize_linear
+from monai_xres.targets import RegionTarget
+
+if TYPE_CHECKING:
+    from monai_xres.cam import SegXResCAM
+
+__all__ = ["check_inferer", "sliding_cam"]
+
+Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
+
+
+def check_inferer(inferer: Any) -> SlidingWindowInferer:
+    """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above."""
+    if not isinstance(inferer, SlidingWindowInferer):
+        raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
+    if inferer.buffer_steps is not None and inferer.buffer_steps > 0:
+        raise ValueError("Buffered stitching (buffer_steps) is not supported for explanations: set buffer_steps=None.")
+    return inferer
+
+
+def _pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
+    """MONAI's symmetric padding of an image smaller than the window (F.pad order: last axis first)."""
+    pad: list[int] = []
+    for n, r in zip(reversed(spatial), reversed(roi)):
+        diff = max(r - n, 0)
+        pad += [diff // 2, diff - diff // 2]
+    return pad
+
+
+def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...]):
+    """Stitched logits from MONAI's sliding window inference, and the windows it used."""
+    windows: list[Window] = []
+
+    def predictor(window: torch.Tensor, coords: list, *args, **kwargs) -> torch.Tensor:
+        windows.extend((c[0].start, tuple(c[2:])) for c in coords)
+        return network(window, *args, **kwargs)
+
+    with torch.no_grad():
+        logits = sliding_window_inference(
+            x, roi, inferer.sw_batch_size, predictor, inferer.overlap, inferer.mode, inferer.sigma_scale,
+            inferer.padding_mode, inferer.cval, inferer.sw_device, inferer.device, False,
+            inferer.roi_weight_map, with_coord=True)
+    return logits, windows
+
+
+def _importance(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
+                device: torch.device) -> torch.Tensor:
+    valid = get_valid_patch_size(image_size, roi)
+    if valid == roi and inferer.roi_weight_map is not None:
+        return inferer.roi_weight_map.to(device=device, dtype=torch.float32)
+    return compute_importance_map(valid, mode=inferer.mode, sigma_scale=inferer.sigma_scale, device=device,
+                                  dtype=torch.float32)
+
+
+def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor]):
+    """dS/dL on the stitched output (elementwise, cheap), and the per-sample scores."""
+    leaf = logits.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        scores = [t.score(leaf[i], regions[i]) for i, t in enumerate(targets)]
+        (grad,) = torch.autograd.grad(torch.stack(scores).sum(), leaf)
+    return grad, [float(s.detach()) for s in scores]
+
+
+def sliding_cam(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affines: list,
+                inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
+    """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring.
+
+    Args:
+        skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
+
+    Returns:
+        ``(cam_map, logits, regions, scores, info)``, ``info`` counting the windows run and skipped.
+    """
+    spatial = tuple(x.shape[2:])
+    roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
+    logits, windows = _forward_recording(cam.network, x, inferer, roi)
+    regions = cam.resolve_regions(logits, targets, affines)
+    grad, scores = _region_gradient(logits, targets, regions)
+
+    pad = _pad_sizes(spatial, roi)
+    image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
+    x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
+        if any(pad) else x
+    imp = _importance(inferer, image_size, roi, x.device)
+    count = torch.zeros(image_size, device=x.device)
+    for _, sl in windows:
+        count[sl] += imp
+    upstream = F.pad(grad, pad) / count if any(pad) else grad / count
+
+    needed = [w for w in windows if not skip_empty or bool(upstream[(w[0], slice(None), *w[1])].any())]
+    total = torch.zeros((x.shape[0], 1, *image_size), device=x.device)
+    step = max(1, int(inferer.sw_batch_size))
+    for start in tqdm(range(0, len(needed), step), desc="windows", disable=None if verbose else True, leave=False):
+        batch = needed[start:start + step]
+        data = torch.cat([x_pad[(b, slice(None), *sl)][None] for b, sl in batch])
+        up = torch.cat([(imp * upstream[(b, slice(None), *sl)])[None] for b, sl in batch])
+        window_maps = resize_linear(cam.window_map(data, up), roi)
+        for (b, sl), wmap in zip(batch, window_maps):
+            total[(b, slice(None), *sl)] += wmap
+    if any(pad):
+        crop = tuple(slice(pad[2 * k], pad[2 * k] + n) for k, n in enumerate(reversed(spatial)))[::-1]
+        total = total[(slice(None), slice(None), *crop)]
+    info = {"windows_total": len(windows), "windows_skipped": len(windows) - len(needed)}
+    return total, logits, regions, scores, info

@@ -1,0 +1,118 @@
+"""Default layers of MONAI networks, layer names, and leaving the model exactly as found."""
+
+import pytest
+import torch
+from monai.networks.nets import UNETR, SegResNet, SwinUNETR, UNet
+from torch import nn
+
+from monai_xres import RegionTarget, SegXResCAM, resolve_layer, tokens_to_grid
+
+
+def _unetr() -> UNETR:
+    return UNETR(1, 3, (32, 32, 32), feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4)
+
+
+def test_unetr_token_reshape_matches_proj_feat():
+    net = _unetr()
+    tokens = torch.randn(2, 8, 96)  # (B, (32/16)^3, hidden)
+    torch.testing.assert_close(tokens_to_grid(net.feat_size)(tokens), net.proj_feat(tokens))
+    with pytest.raises(ValueError, match="do not fill"):
+        tokens_to_grid((3, 3, 3))(tokens)
+
+
+@pytest.mark.parametrize(
+    "make, layer",
+    [
+        (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1),
+         "model.1.submodule.1.submodule.1.submodule"),
+        (_unetr, "vit.norm"),
+        (lambda: SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3), "encoder10"),
+        (lambda: SegResNet(3, 8, 1, 3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "down_layers.2"),
+    ],
+    ids=["UNet", "UNETR", "SwinUNETR", "SegResNet"],
+)
+def test_default_layer_gives_a_finite_nontrivial_map(make, layer):
+    torch.manual_seed(0)
+    net = make().eval()
+    cam = SegXResCAM(net, pool_size=2)
+    assert cam.layer.name == layer
+    size = 64 if isinstance(net, SwinUNETR) else 32  # SwinUNETR's bottleneck needs more than one voxel
+    x = torch.randn(1, 1, size, size, size)
+    saliency = cam(x, RegionTarget(1, box=((8, 8, 8), (24, 24, 24)), restrict_to_prediction=False))
+    assert saliency.shape == (1, 1, size, size, size)
+    assert torch.isfinite(saliency).all() and saliency.max() > 0 and saliency.std() > 0
+
+
+def test_wrapped_networks_resolve_with_or_without_prefixes():
+    net = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0).eval()
+    wrapped = nn.DataParallel(net)  # names gain "module." like DDP
+    assert resolve_layer(wrapped, None).name == "module.model.1.submodule"
+    assert resolve_layer(wrapped, "model.1.submodule").module is net.model[1].submodule
+    assert resolve_layer(net, "module.model.1.submodule").module is net.model[1].submodule
+    compiled = torch.compile(net)  # only the names are looked at: nothing is compiled
+    assert resolve_layer(compiled, None).name == "_orig_mod.model.1.submodule"
+    x = torch.randn(1, 1, 16, 16)
+    target = RegionTarget(1, restrict_to_prediction=False)
+    torch.testing.assert_close(SegXResCAM(wrapped)(x, target), SegXResCAM(net)(x, target))
+
+
+def test_wrong_layer_name_lists_close_names():
+    net = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0)
+    with pytest.raises(ValueError, match=r"No layer named 'model.1.submodle'.*'model.1.submodule'"):
+        SegXResCAM(net, "model.1.submodle")
+    with pytest.raises(ValueError, match="No default target layer for Sequential"):
+        SegXResCAM(nn.Sequential(nn.Conv2d(1, 2, 1)))
+    with pytest.raises(ValueError, match="not part of the network"):
+        SegXResCAM(net, nn.Conv2d(1, 1, 1))
+
+
+def test_bad_explainer_arguments():
+    net = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0)
+    with pytest.raises(ValueError, match="pool_mode"):
+        SegXResCAM(net, pool_mode="median")
+    with pytest.raises(ValueError, match="pool_size"):
+        SegXResCAM(net, pool_size=0)
+    cam = SegXResCAM(net, pool_size=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"2 positive ints for a 2D feature map, got \(2, 2, 2\)"):
+        cam(torch.randn(1, 1, 8, 8), RegionTarget(1, restrict_to_prediction=False))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        SegXResCAM(net)(torch.full((1, 1, 8, 8), float("nan")), RegionTarget(1))
+    with pytest.raises(ValueError, match=r"add the batch and channel axes"):
+        SegXResCAM(net)(torch.randn(8, 8), RegionTarget(1))
+    with pytest.raises(ValueError, match="returns tuple"):
+        SegXResCAM(_unetr(), "vit")(torch.randn(1, 1, 32, 32, 32), RegionTarget(1, restrict_to_prediction=False))
+
+
+def _state(net: nn.Module):
+    return ({k: v.clone() for k, v in net.state_dict().items()},
+            [m.training for m in net.modules()], [p.requires_grad for p in net.parameters()])
+
+
+def _hook_count(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_model_is_left_exactly_as_found(training):
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (4, 8, 16), (2, 2), num_res_units=1, norm="batch", dropout=0.2)
+    net.train(training)
+    net.model[0].requires_grad_(False)  # a partly frozen model stays partly frozen
+    before = _state(net)
+    x = torch.randn(2, 1, 16, 16, 8)
+    SegXResCAM(net, pool_size=2)(x, RegionTarget(1, restrict_to_prediction=False))
+    after = _state(net)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])  # BatchNorm statistics untouched
+    assert before[1:] == after[1:]
+    assert all(p.grad is None for p in net.parameters())  # no weight gradients were computed
+    assert _hook_count(net) == 0
+
+
+def test_hooks_removed_and_state_restored_when_it_raises():
+    net = UNet(2, 1, 3, (4, 8), (2,), num_res_units=0, norm="batch").train()
+    before = _state(net)
+    with pytest.raises(ValueError, match="class_index 5 is not an output channel"):  # raised after the forward
+        SegXResCAM(net)(torch.zeros(1, 1, 8, 8), RegionTarget(5))
+    after = _state(net)
+    assert _hook_count(net) == 0 and before[1:] == after[1:]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
