@@ -101,3 +101,12 @@ def test_bad_construction_and_batching():
     with pytest.raises(ValueError, match="one per sample"):
         as_target_list([RegionTarget(1)], batch_size=2)
     assert [t.class_index for t in as_target_list(2, 3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("channels", [2, 3, 5])
+def test_predicted_mask_equals_argmax_including_ties(channels):
+    from monai_xres.targets import predicted_class_mask
+
+    logits = torch.randint(0, 3, (channels, 6, 7, 5)).float()  # many exact ties
+    for c in range(channels):
+        assert torch.equal(predicted_class_mask(logits, c), logits.argmax(0) == c)
