@@ -83,6 +83,11 @@ class Explainer:
     def attribute(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int) -> Explanation:
         raise NotImplementedError
 
+    def with_inferer(self, inferer: Any) -> Explainer | None:
+        """A copy of this explainer that explains ``inferer``'s stitched output, or None if the method cannot
+        (adapters then use the inferer only to find the region)."""
+        return None
+
     @staticmethod
     def prepare(x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int
                 ) -> tuple[torch.Tensor, list[RegionTarget], list[Any]]:

@@ -7,11 +7,14 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
+from monai.utils import ensure_tuple
 from torch import nn
 
 from monai_xres.base import Explainer, Explanation, preserved_model_state
@@ -101,11 +104,23 @@ class SegXResCAM(Explainer):
         self.amp = amp
         self.verbose = verbose
 
+    def with_inferer(self, inferer: Any) -> SegXResCAM | None:
+        """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
+        if not isinstance(inferer, SlidingWindowInferer):
+            return None
+        windowed = copy.copy(self)
+        windowed.inferer = check_inferer(inferer)
+        return windowed
+
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
-        return {"method": type(self).__name__, "target_layer": self.layer.name, "pool_size": size,
-                "pool_mode": self.pool_mode}
+        params = {"method": type(self).__name__, "target_layer": self.layer.name, "pool_size": size,
+                  "pool_mode": self.pool_mode}
+        if self.inferer is not None:
+            params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
+                                 "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
+        return params
 
     def attribute(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int,
                   relu: bool = True, upsample: bool = True) -> Explanation:

@@ -1,0 +1,227 @@
+"""``SaliencyWriter``: an ignite handler that explains each evaluated case and saves the maps on the scan.
+
+For every case of an evaluator's batch, every configured method and every region: explain on the
+preprocessed grid (:class:`~monai_xres.transforms.ExplainRegiond`), invert to the original scan with the
+case's own transform history (MONAI ``Invertd``), and write with MONAI ``SaveImage`` a float32 3D NIfTI
+in the scan's geometry, a PNG overlay and a JSON provenance sidecar, each atomically. A case that fails
+is logged (naming its input file) and recorded in ``errors``; the other cases are still written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from monai.data import MetaTensor, decollate_batch
+from monai.data.folder_layout import default_name_formatter
+from monai.transforms import Invertd, SaveImage
+from torch import nn
+
+from monai_xres.base import Explainer
+from monai_xres.overlay import overlay_centre, save_overlay
+from monai_xres.provenance import atomic_path, atomic_write_text, sha256_file, sidecar
+from monai_xres.regions import RegionSpec, as_region_spec, case_name
+from monai_xres.transforms import ExplainRegiond, Inferer, like_image, method_name
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["SaliencyWriter", "build_explainer"]
+
+logger = logging.getLogger(__name__)
+
+_METHODS = {"segxrescam": "monai_xres.cam.SegXResCAM", "hirescam": "monai_xres.cam.HiResCAM",
+            "seggradcam": "monai_xres.cam.SegGradCAM", "segrise": "monai_xres.rise.SegRISE"}
+_CASE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+
+
+def build_explainer(config: Explainer | Mapping[str, Any], network: nn.Module | None) -> Explainer:
+    """An explainer, or one built from ``{"method": "SegXResCAM", **parameters}`` for ``network``."""
+    if isinstance(config, Explainer):
+        return config
+    params = dict(config)
+    method = str(params.pop("method", "")).lower()
+    if method not in _METHODS:
+        raise ValueError(f"Unknown method {method!r}: use one of {sorted(_METHODS)} as config['method'].")
+    if network is None:
+        raise ValueError("An explainer config needs the network: attach the writer to an evaluator (its "
+                         "network is used) or pass network=...")
+    module, name = _METHODS[method].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(network, **params)
+
+
+class SaliencyWriter:
+    """Write explanations of each evaluated case as NIfTI aligned to the scan, with overlay and sidecar.
+
+    Args:
+        explainers: ``{name: explainer or {"method": ..., **params}}`` (a config is built with the
+            engine's network on :meth:`attach`); one explainer alone is named after its method.
+        regions: ``{name: RegionSpec, dict of its fields, or class index}``; one spec alone is named by
+            its ``label``.
+        output_dir: root folder; files go to ``<output_dir>/<case>/<case>_<method>_<region>.nii.gz``
+            (``separate_folder=False``: no per-case folder), beside ``.png`` and ``.json``.
+        transform: the preprocessing to invert (``Invertd``); default: the evaluator's
+            ``data_loader.dataset.transform``. None with no evaluator: maps stay on the preprocessed grid.
+        image_key: the image key in the batch.
+        inferer, slice_axis: as :class:`~monai_xres.transforms.ExplainRegiond`.
+        output_ext: ``.nii.gz`` (default), ``.nii``, ``.nrrd``, ...
+        separate_folder, data_root_dir: as MONAI's ``SaveImage``.
+        overlay, write_sidecar: also write the PNG overlay / the JSON sidecar.
+        model_file: the weights file, for the sidecar's SHA-256.
+        network: for explainer configs when not attached to an engine.
+        raise_errors: raise a case's error instead of logging it and going on.
+
+    Attributes:
+        errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
+        written: paths of the NIfTI files written (a case written again, e.g. at the next validation
+            round, replaces its own files; a different input with the same file name is refused).
+    """
+
+    def __init__(self, explainers: Mapping[str, Explainer | Mapping] | Explainer,
+                 regions: Mapping[str, RegionSpec | Mapping | int] | RegionSpec | int = 1,
+                 output_dir: str | os.PathLike = "./saliency", transform: Any = None, image_key: str = "image",
+                 inferer: Inferer | None = None, slice_axis: int | None = None, output_ext: str = ".nii.gz",
+                 separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
+                 write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
+                 network: nn.Module | None = None, raise_errors: bool = False) -> None:
+        if isinstance(explainers, Explainer):
+            explainers = {method_name(explainers): explainers}
+        if not isinstance(explainers, Mapping) or not explainers:
+            raise ValueError("explainers must be {name: explainer or config} with at least one entry.")
+        self._configs = dict(explainers)
+        self.explainers: dict[str, Explainer] = {}
+        if isinstance(regions, (RegionSpec, int)) or (isinstance(regions, Mapping) and "class_index" in regions):
+            spec = as_region_spec(regions)
+            regions = {spec.label: spec}
+        self.regions = {str(k): as_region_spec(v) for k, v in dict(regions).items()}
+        self.output_dir, self.transform, self.image_key = os.fspath(output_dir), transform, image_key
+        self.inferer, self.slice_axis, self.output_ext = inferer, slice_axis, output_ext
+        self.separate_folder, self.data_root_dir = separate_folder, data_root_dir
+        self.overlay, self.write_sidecar, self.raise_errors = overlay, write_sidecar, raise_errors
+        self.model_file = None if model_file is None else os.fspath(model_file)
+        self.model_sha256 = None
+        if self.model_file is not None:
+            try:
+                self.model_sha256 = sha256_file(self.model_file)
+            except OSError as e:
+                raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
+        self.errors: list[dict[str, str]] = []
+        self.written: list[str] = []
+        self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
+        if network is not None or all(isinstance(e, Explainer) for e in self._configs.values()):
+            self._build(network)
+
+    def _build(self, network: nn.Module | None) -> None:
+        self.explainers = {str(k): build_explainer(v, network) for k, v in self._configs.items()}
+
+    def attach(self, engine: Engine) -> None:
+        """Explain and write after every iteration of ``engine`` (``Events.ITERATION_COMPLETED``)."""
+        from ignite.engine import Events
+
+        if not self.explainers:
+            self._build(getattr(engine, "network", None))
+        if self.transform is None:
+            self.transform = getattr(getattr(getattr(engine, "data_loader", None), "dataset", None), "transform", None)
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for data in self._cases(engine.state.batch, engine.state.output):
+            self.write_case(data)
+
+    def _cases(self, batch: Any, output: Any) -> list[dict]:
+        """One dict per case: the batch's keys (the preprocessed image with its history) over the output's."""
+        batch = decollate_batch(batch, detach=True) if isinstance(batch, Mapping) else batch
+        output = decollate_batch(output, detach=True) if isinstance(output, Mapping) else output
+        batch = batch if isinstance(batch, list) else [None] * len(output or [])
+        output = output if isinstance(output, list) else [None] * len(batch)
+        return [{**(o if isinstance(o, Mapping) else {}), **(b if isinstance(b, Mapping) else {})}
+                for b, o in zip(batch, output)]
+
+    def write_case(self, data: Mapping[Hashable, Any]) -> list[str]:
+        """Explain and write one case (every method and region); returns the NIfTI paths written.
+
+        Errors are logged and recorded in ``errors`` (raised with ``raise_errors``)."""
+        case, files = case_name(data, self.image_key), []
+        for method, explainer in self.explainers.items():
+            for region, spec in self.regions.items():
+                try:
+                    files.append(self._write_one(data, method, explainer, region, spec))
+                except _CASE_ERRORS as e:
+                    if self.raise_errors:
+                        raise
+                    message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
+                    logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
+                    self.errors.append({"case": case, "method": method, "region": region, "error": message})
+        return files
+
+    def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
+        adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis)
+        saliency, explanation, facts = adapter.explain(data)
+        image = data[self.image_key]
+        if not isinstance(image, MetaTensor):
+            raise ValueError("the image is a plain tensor without geometry: load it with MONAI's LoadImaged "
+                             "(MetaTensor) so the map can be saved on the scan.")
+        mask = explanation.regions[0].detach().float()
+        if self.slice_axis is not None:
+            mask = mask.unsqueeze(self.slice_axis % (image.ndim - 1))
+        maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
+                "region": like_image(mask[None], image)}
+        maps = self._invert(maps)
+        final = self._save(maps["saliency"], f"{method}_{region}")
+        stem = final[: -len(self.output_ext)]
+        scan, sal, reg = (maps[k][0].detach().cpu().numpy() for k in ("scan", "saliency", "region"))
+        affine = maps["saliency"].affine.cpu().numpy()
+        centre = overlay_centre(sal, reg > 0.5)
+        files = {"saliency": os.path.basename(final)}
+        if self.overlay:
+            save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}")
+            files["overlay"] = os.path.basename(f"{stem}.png")
+        if self.write_sidecar:
+            world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]
+            region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
+                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
+            params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
+            extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
+                     "inferer": None if self.inferer is None else type(self.inferer).__name__}
+            record = sidecar({"name": method, **params}, region_facts, files, case_name(data, self.image_key),
+                             self.model_sha256, self.model_file, extra)
+            atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
+        return final
+
+    def _invert(self, maps: dict[str, MetaTensor]) -> dict[str, MetaTensor]:
+        if self.transform is None or not maps["saliency"].applied_operations:
+            return maps
+        # the orig key must be the image key, which the preprocessing transforms act on; only its transform
+        # history and metadata are read (the maps carry copies of the image's)
+        data = {self.image_key: maps["saliency"], **{f"__xres_{k}__": v for k, v in maps.items()}}
+        inverter = Invertd([f"__xres_{k}__" for k in maps], self.transform, orig_keys=self.image_key,
+                           nearest_interp=[k == "region" for k in maps])
+        out = inverter(data)
+        return {k: out[f"__xres_{k}__"] for k in maps}
+
+    def _save(self, saliency: MetaTensor, postfix: str) -> str:
+        saver = SaveImage(self.output_dir, output_postfix=postfix, output_ext=self.output_ext,
+                          output_dtype=np.float32, resample=False, separate_folder=self.separate_folder,
+                          print_log=False, squeeze_end_dims=False, data_root_dir=self.data_root_dir,
+                          writer="ITKWriter", channel_dim=None)
+        final = os.fspath(saver.folder_layout.filename(**default_name_formatter(saliency.meta, saver)))
+        source, other = str(saliency.meta.get("filename_or_obj", "")), self._sources.get(final)
+        if other is not None and other != source:
+            raise ValueError(f"{final} was already written for {other}, another input with the same file name: "
+                             "set data_root_dir=... (keeps the inputs' sub-folders) or rename the inputs.")
+        # drop the channel, keep trailing singleton axes: a one-slice scan stays a 3D file with its z origin
+        # (ITKWriter does so with channel_dim=None; NibabelWriter would add a 4th axis)
+        with atomic_path(final, self.output_ext) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*SaveImage `channel_dim` is set to None")  # intended
+            saver(saliency[0].cpu(), filename=tmp[: -len(self.output_ext)])
+        self._sources[final] = source
+        if final not in self.written:
+            self.written.append(final)
+        return final

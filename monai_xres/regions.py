@@ -1,0 +1,230 @@
+"""Region specs for pipelines: where the region comes from in a MONAI data dictionary.
+
+A :class:`RegionSpec` names the region the way a pipeline or bundle config knows it (a key holding a mask
+or label map, a box, a point in voxels or mm, a 3D Slicer markups file) and resolves it, for one case,
+into a :class:`~monai_xres.targets.RegionTarget` on the preprocessed image grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_xres.markups import read_markup
+from monai_xres.targets import RegionTarget
+
+__all__ = ["RegionSpec", "as_region_spec", "case_name", "world_box_to_voxels"]
+
+
+def case_name(data: Mapping, image_key: str) -> str:
+    """The case's input file (``meta["filename_or_obj"]``), for error messages and provenance."""
+    image = data.get(image_key)
+    meta = getattr(image, "meta", None) or data.get(f"{image_key}_meta_dict") or {}
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if isinstance(name, (list, tuple)) and name:
+        name = name[0]
+    return str(name) if name else "<unnamed case>"
+
+
+def world_box_to_voxels(corners: np.ndarray, affine: np.ndarray, spatial: Sequence[int]
+                        ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The voxel box ``(start, end)`` (end exclusive) of the voxels whose centres lie in a world-space box.
+
+    ``corners`` ``(N, d)`` are mapped to continuous voxel indices with ``affine``; their per-axis bounding
+    box keeps the voxel centres inside it (an oblique box becomes its axis-aligned hull on the grid). The
+    box is clipped to the image; along an axis where it is thinner than a voxel, the voxel nearest its
+    centre is kept.
+
+    Raises:
+        ValueError: the box lies wholly outside the image.
+    """
+    corners = np.asarray(corners, dtype=np.float64)
+    index = (np.linalg.inv(np.asarray(affine, dtype=np.float64))
+             @ np.vstack([corners.T, np.ones(len(corners))]))[: len(spatial)]
+    lo, hi = index.min(1), index.max(1)
+    size = np.asarray(spatial)
+    if np.any(hi < -0.5) or np.any(lo > size - 0.5):
+        raise ValueError(f"The box spans voxels {lo.round(1).tolist()} to {hi.round(1).tolist()}, wholly "
+                         f"outside the image grid {tuple(spatial)}: check the coordinate system (RAS vs LPS) "
+                         "and that the box lies in this scan.")
+    start = np.clip(np.ceil(lo - 1e-6), 0, size).astype(int)
+    end = np.clip(np.floor(hi + 1e-6) + 1, 0, size).astype(int)
+    nearest = np.clip(np.rint((lo + hi) / 2), 0, size - 1).astype(int)
+    thin = start >= end
+    start, end = np.where(thin, nearest, start), np.where(thin, nearest + 1, end)
+    return tuple(int(v) for v in start), tuple(int(v) for v in end)
+
+
+@dataclass
+class RegionSpec:
+    """Class ``c`` and where its region comes from; at most one of the region fields.
+
+    Args:
+        class_index: output channel ``c`` to explain.
+        region_key: data key holding a mask (nonzero = region) or, with ``label_value``, a label map; it
+            must lie on the preprocessed image grid (pass it through the same spatial preprocessing).
+        label_value: with ``region_key``, the label selecting the region.
+        box: ``(start, end)`` voxel indices of the preprocessed grid (end exclusive), or two opposite
+            corners in world mm when ``box_in_mm``.
+        box_in_mm: ``box`` is in world mm, in the image's space (``meta["space"]``, RAS in MONAI).
+        point: a voxel index of the preprocessed grid, or world mm when ``point_in_mm``.
+        point_in_mm: ``point`` is in world mm, in the image's space.
+        markup: a 3D Slicer ``.mrk.json`` file holding a point or an ROI.
+        markup_key: data key holding each case's markups file path.
+        markup_label: the control point label or markup name to use (default: the first).
+        connected: with a point (or point markup), explain the predicted component under the point.
+        restrict_to_prediction: intersect the region with the predicted class (see ``RegionTarget``).
+        softmax: score probabilities instead of logits (see ``RegionTarget``).
+        name: short name used in output keys and file names (default: derived from the region).
+
+    A markup ROI becomes a voxel box: the voxels whose centres lie in the ROI's axis-aligned hull on the
+    preprocessed grid, clipped to the scan (see :func:`world_box_to_voxels`).
+    """
+
+    class_index: int = 1
+    region_key: str | None = None
+    label_value: int | None = None
+    box: tuple[Sequence[float], Sequence[float]] | None = None
+    box_in_mm: bool = False
+    point: Sequence[float] | None = None
+    point_in_mm: bool = False
+    markup: str | os.PathLike | None = None
+    markup_key: str | None = None
+    markup_label: str | None = None
+    connected: bool = False
+    restrict_to_prediction: bool = True
+    softmax: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("region_key", "box", "point", "markup", "markup_key") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"Give one region source, not {given}.")
+        if self.label_value is not None and self.region_key is None:
+            raise ValueError("label_value selects a label in a label map: give region_key=... too.")
+        if self.connected and not {"point", "markup", "markup_key"} & set(given):
+            raise ValueError("connected=True takes the component under a point: give point=... or a markup.")
+        RegionTarget(self.class_index)  # validates the class index early
+
+    @property
+    def label(self) -> str:
+        """The name used in keys and file names, e.g. ``class1``, ``label3``, ``box``, ``markup``."""
+        if self.name:
+            return self.name
+        if self.region_key is not None:
+            return f"{self.region_key}{self.label_value if self.label_value is not None else ''}"
+        for kind in ("box", "point", "markup", "markup_key"):
+            if getattr(self, kind) is not None:
+                return kind.replace("_key", "")
+        return f"class{self.class_index}"
+
+    def describe(self) -> dict:
+        """JSON-friendly description, for provenance sidecars."""
+        out = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        out["class_index"] = self.class_index
+        return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in out.items()}
+
+    def resolve(self, data: Mapping, image: torch.Tensor) -> tuple[RegionTarget, dict]:
+        """The case's :class:`RegionTarget` on the grid of ``image`` ``(C, *spatial)``, and facts for provenance.
+
+        Raises:
+            ValueError: a missing key, an unreadable markups file, a point or ROI outside the scan, or a
+                world position without an image affine.
+        """
+        spatial = tuple(image.shape[1:])
+        common = {"restrict_to_prediction": self.restrict_to_prediction, "softmax": self.softmax}
+        if self.region_key is not None:
+            if self.region_key not in data:
+                raise ValueError(f"Region key {self.region_key!r} is missing from the data (keys: {list(data)}): "
+                                 "add it in the data list or fix region_key.")
+            field = "mask" if self.label_value is None else "label_map"
+            return RegionTarget(self.class_index, **{field: data[self.region_key]},
+                                label_value=self.label_value, **common), {}
+        if self.box is not None:
+            box = self.box
+            if self.box_in_mm:
+                corners = np.array(list(product(*zip(*self.box))), dtype=np.float64)
+                box = world_box_to_voxels(corners, _affine(image), spatial)
+            return RegionTarget(self.class_index, box=box, **common), {"box_voxels": _plain(box)}
+        if self.point is not None:
+            voxel = _voxel(np.asarray(self.point, dtype=np.float64), image, self.point_in_mm)
+            return RegionTarget(self.class_index, point=voxel, connected=self.connected, **common), \
+                {"point_voxel": list(voxel)}
+        if self.markup is not None or self.markup_key is not None:
+            return self._markup_target(data, image, common)
+        return RegionTarget(self.class_index, **common), {}
+
+    def _markup_target(self, data: Mapping, image: torch.Tensor, common: dict) -> tuple[RegionTarget, dict]:
+        path = self.markup
+        if self.markup_key is not None:
+            if self.markup_key not in data:
+                raise ValueError(f"Markup key {self.markup_key!r} is missing from the data (keys: {list(data)}): "
+                                 "add each case's .mrk.json path under that key.")
+            path = data[self.markup_key]
+            path = path[0] if isinstance(path, (list, tuple)) and len(path) == 1 else path
+        markup = read_markup(path, self.markup_label)
+        world = markup.in_space(_space(image))
+        facts = markup.describe()
+        if markup.kind == "point":
+            voxel = _voxel(world[0], image, True)
+            facts["point_voxel"] = list(voxel)
+            return RegionTarget(self.class_index, point=voxel, connected=self.connected, **common), facts
+        if self.connected:
+            raise ValueError(f"{markup.path!r} holds an ROI, and connected=True needs a point markup.")
+        box = world_box_to_voxels(world, _affine(image), tuple(image.shape[1:]))
+        facts["box_voxels"] = _plain(box)
+        return RegionTarget(self.class_index, box=box, **common), facts
+
+
+def as_region_spec(region: RegionSpec | Mapping[str, Any] | int) -> RegionSpec:
+    """A :class:`RegionSpec` from a spec, a dict of its fields (configs), or a bare class index."""
+    if isinstance(region, RegionSpec):
+        return region
+    if isinstance(region, (int, np.integer)) and not isinstance(region, bool):
+        return RegionSpec(int(region))
+    if isinstance(region, Mapping):
+        unknown = set(region) - set(RegionSpec.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown region field(s) {sorted(unknown)}; valid: "
+                             f"{sorted(RegionSpec.__dataclass_fields__)}.")
+        return RegionSpec(**region)
+    raise ValueError(f"A region is a RegionSpec, a dict of its fields or a class index, got {type(region).__name__}.")
+
+
+def _plain(box: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [[float(v) if not float(v).is_integer() else int(v) for v in corner] for corner in box]
+
+
+def _affine(image: torch.Tensor) -> np.ndarray:
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        raise ValueError("A position in mm needs the image's affine: load the image as a MetaTensor "
+                         "(MONAI's LoadImaged) or give the region in voxels.")
+    return np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+
+
+def _space(image: torch.Tensor) -> str:
+    meta = getattr(image, "meta", {}) or {}
+    return str(meta.get("space", "RAS"))
+
+
+def _voxel(point: np.ndarray, image: torch.Tensor, in_mm: bool) -> tuple[int, ...]:
+    spatial = tuple(image.shape[1:])
+    if point.shape != (len(spatial),):
+        raise ValueError(f"The point {point.tolist()} needs {len(spatial)} coordinates for the "
+                         f"{len(spatial)}D image grid {spatial}.")
+    index = point
+    if in_mm:
+        index = (np.linalg.inv(_affine(image)) @ np.append(point, 1.0))[: len(spatial)]
+    voxel = tuple(int(v) for v in np.rint(index))
+    if any(not 0 <= v < n for v, n in zip(voxel, spatial)):
+        where = f"{point.round(2).tolist()} mm ({_space(image)}) is at voxel {voxel}" if in_mm else f"voxel {voxel}"
+        raise ValueError(f"The point at {where}, outside the image grid {spatial}: check the coordinate "
+                         "system (RAS vs LPS) and that the point lies in this scan.")
+    return voxel
