@@ -12,7 +12,7 @@ from torch import nn
 
 from monai_xres.targets import RegionTarget, as_target_list
 
-__all__ = ["Explainer", "Explanation", "preserved_model_state"]
+__all__ = ["Explainer", "Explanation", "network_errors", "preserved_model_state"]
 
 
 @dataclass
@@ -58,6 +58,21 @@ def preserved_model_state(network: nn.Module, eval_mode: bool = True) -> Iterato
             for buf, saved in buffers:
                 if buf.shape == saved.shape:
                     buf.copy_(saved)
+
+
+@contextlib.contextmanager
+def network_errors(x: torch.Tensor) -> Iterator[None]:
+    """Turn the network's own failure on ``x`` (a torch ``RuntimeError`` from deep inside) into a
+    ``ValueError`` that says what to check."""
+    try:
+        yield
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"The network failed on an input of shape {tuple(x.shape)}: {first}. Check the input channels and "
+            "that each spatial size suits the network (a UNet with n stride-2 levels needs multiples of 2^n, "
+            "UNETR its img_size): pad with MONAI's DivisiblePad, or give a SlidingWindowInferer."
+        ) from e
 
 
 class Explainer:

@@ -17,7 +17,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple
 from torch import nn
 
-from monai_xres.base import Explainer, Explanation, preserved_model_state
+from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.layers import Reshape, TargetLayer, resolve_layer
 from monai_xres.maps import resize_linear
 from monai_xres.sliding import check_inferer, sliding_cam
@@ -175,7 +175,7 @@ class SegXResCAM(Explainer):
 
     def _forward_from_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network output and the captured target-layer leaf; autograd runs only from the layer on."""
-        with self._captured_activation() as captured, torch.no_grad():
+        with self._captured_activation() as captured, torch.no_grad(), network_errors(x):
             output = self.network(x)
         if not captured:
             raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "

@@ -124,14 +124,16 @@ class SaliencyWriter:
         """Explain and write after every iteration of ``engine`` (``Events.ITERATION_COMPLETED``)."""
         from ignite.engine import Events
 
-        if not self.explainers:
-            self._build(getattr(engine, "network", None))
+        if not self.explainers and getattr(engine, "network", None) is not None:
+            self._build(engine.network)
         if self.transform is None:
             self.transform = getattr(getattr(getattr(engine, "data_loader", None), "dataset", None), "transform", None)
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if not self.explainers:  # MONAI's evaluators attach handlers before they set engine.network
+            self._build(getattr(engine, "network", None))
         for data in self._cases(engine.state.batch, engine.state.output):
             self.write_case(data)
 

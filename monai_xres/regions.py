@@ -67,8 +67,10 @@ class RegionSpec:
 
     Args:
         class_index: output channel ``c`` to explain.
-        region_key: data key holding a mask (nonzero = region) or, with ``label_value``, a label map; it
-            must lie on the preprocessed image grid (pass it through the same spatial preprocessing).
+        region_key: data key holding a mask (nonzero = region) or, with ``label_value``, a label map: either
+            loaded on the preprocessed image grid (passed through the same spatial preprocessing), or a
+            file path on the scan's own grid, which is placed on the preprocessed grid through world
+            coordinates (``ResampleToMatch``, nearest).
         label_value: with ``region_key``, the label selecting the region.
         box: ``(start, end)`` voxel indices of the preprocessed grid (end exclusive), or two opposite
             corners in world mm when ``box_in_mm``.
@@ -144,8 +146,14 @@ class RegionSpec:
                 raise ValueError(f"Region key {self.region_key!r} is missing from the data (keys: {list(data)}): "
                                  "add it in the data list or fix region_key.")
             field = "mask" if self.label_value is None else "label_map"
-            return RegionTarget(self.class_index, **{field: data[self.region_key]},
-                                label_value=self.label_value, **common), {}
+            value = data[self.region_key]
+            if isinstance(value, (list, tuple)) and len(value) == 1:
+                value = value[0]
+            facts = {}
+            if isinstance(value, (str, os.PathLike)):
+                facts["region_file"] = os.fspath(value)
+                value = _label_file_on_grid(value, image)
+            return RegionTarget(self.class_index, **{field: value}, label_value=self.label_value, **common), facts
         if self.box is not None:
             box = self.box
             if self.box_in_mm:
@@ -195,6 +203,22 @@ def as_region_spec(region: RegionSpec | Mapping[str, Any] | int) -> RegionSpec:
                              f"{sorted(RegionSpec.__dataclass_fields__)}.")
         return RegionSpec(**region)
     raise ValueError(f"A region is a RegionSpec, a dict of its fields or a class index, got {type(region).__name__}.")
+
+
+def _label_file_on_grid(path: str | os.PathLike, image: torch.Tensor) -> torch.Tensor:
+    """A mask or label map file on the scan's own grid, placed on the preprocessed ``image`` grid through
+    world coordinates (MONAI's ``ResampleToMatch``, nearest neighbour): exact after orientation, spacing
+    and cropping, whatever the preprocessing was."""
+    from monai.transforms import LoadImage, ResampleToMatch
+
+    if getattr(image, "affine", None) is None:
+        raise ValueError("A region file needs the image's affine: load the image as a MetaTensor (LoadImaged).")
+    try:
+        label = LoadImage(image_only=True, ensure_channel_first=True)(os.fspath(path))
+    except Exception as e:  # MONAI raises several types for unreadable files
+        raise ValueError(f"Cannot read the region file {os.fspath(path)!r}: {e}") from e
+    placed = ResampleToMatch(mode="nearest", padding_mode="zeros")(label, img_dst=image)
+    return placed.as_tensor() if hasattr(placed, "as_tensor") else placed
 
 
 def _plain(box: Sequence[Sequence[float]]) -> list[list[float]]:

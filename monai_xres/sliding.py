@@ -23,6 +23,7 @@ from monai.inferers import SlidingWindowInferer, sliding_window_inference
 from monai.utils import PytorchPadMode, fall_back_tuple, look_up_option
 from tqdm.auto import tqdm
 
+from monai_xres.base import network_errors
 from monai_xres.maps import resize_linear
 from monai_xres.targets import RegionTarget
 
@@ -60,7 +61,7 @@ def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, 
         windows.extend((c[0].start, tuple(c[2:])) for c in coords)
         return network(window, *args, **kwargs)
 
-    with torch.no_grad():
+    with torch.no_grad(), network_errors(x):
         logits = sliding_window_inference(
             x, roi, inferer.sw_batch_size, predictor, inferer.overlap, inferer.mode, inferer.sigma_scale,
             inferer.padding_mode, inferer.cval, inferer.sw_device, inferer.device, False,

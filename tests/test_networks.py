@@ -116,3 +116,11 @@ def test_hooks_removed_and_state_restored_when_it_raises():
     after = _state(net)
     assert _hook_count(net) == 0 and before[1:] == after[1:]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def test_network_failure_becomes_a_clear_error():
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1)
+    with pytest.raises(ValueError, match=r"network failed on an input of shape \(1, 1, 10, 12, 9\).*DivisiblePad"):
+        SegXResCAM(net)(torch.randn(1, 1, 10, 12, 9), RegionTarget(1))
+    with pytest.raises(ValueError, match="network failed on an input of shape"):
+        SegXResCAM(net)(torch.randn(1, 2, 16, 16, 8), RegionTarget(1))  # wrong channel count

@@ -299,3 +299,25 @@ def test_segrised_equals_segrise(case, net):
                                                      RegionTarget(2, **spec))[0]
     torch.testing.assert_close(out["saliency_segrise"].as_tensor(), expected.float(), atol=1e-6, rtol=0)
     assert len(out["saliency_segrise"].applied_operations) == len(case["image"].applied_operations)
+
+
+def test_region_file_on_the_scan_grid_lands_on_the_preprocessed_grid():
+    """A label map path (as a bundle datalist gives it) is placed through world coordinates: voxel for voxel
+    what the same label map gives when preprocessed alongside the image (nearest)."""
+    from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+
+    data_dir = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    files = {"image": str(data_dir / "ct_abdomen_3mm.nii.gz"), "label": str(data_dir / "ct_abdomen_3mm_labels.nii.gz")}
+    if not Path(files["image"]).exists():
+        pytest.skip("../shared/data is not beside the checkout")
+    keys = ["image", "label"]
+    prep = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, "RAS"),
+                    Spacingd(keys, (4.0, 4.0, 4.5), mode=("bilinear", "nearest")),
+                    CropForegroundd(keys, "image", select_fn=lambda x: x > -500)])
+    out = prep(dict(files))
+    target, facts = RegionSpec(1, region_key="raw", label_value=5).resolve({"raw": files["label"]}, out["image"])
+    assert facts["region_file"] == files["label"]
+    placed = torch.as_tensor(target.label_map)[0] == 5
+    assert placed.sum() > 1000 and torch.equal(placed, out["label"][0] == 5)
+    with pytest.raises(ValueError, match="Cannot read the region file"):
+        RegionSpec(1, region_key="raw").resolve({"raw": "/nonexistent/label.nii.gz"}, out["image"])
