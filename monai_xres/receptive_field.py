@@ -1,0 +1,102 @@
+"""Receptive field of a segmentation network and the crop a region-restricted explanation may use.
+
+A perturbation of input voxel ``u`` can only change output voxel ``v`` if ``u`` lies in the receptive
+field of ``v``. For a fully convolutional network that field is a box of radius ``r`` around ``v``; if
+the crop holds the region plus ``r`` voxels on every side, the region's output computed from the crop
+alone equals the output computed from the whole image, whatever the mask does outside the crop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+from monai_xres.base import preserved_model_state
+
+__all__ = ["crop_window", "network_stride", "receptive_field_radius"]
+
+
+def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: int = 2, seed: int = 0,
+                           eval_mode: bool = True) -> tuple[int, ...]:
+    """Per-axis radius of the receptive field of the central output voxel, measured on ``sample``'s grid.
+
+    Method: the support (non-zero voxels) of the gradient of the central output voxel (all channels
+    summed) with respect to a random normal probe input the shape of ``sample`` ``(1, C_in, *spatial)``,
+    united over ``n_probes`` probes (a ReLU can zero a path for one probe, rarely for all). Where the
+    support reaches the edge of the probe, the field may be larger than the image can show, and that
+    axis is given the whole image length: the crop then spans the axis.
+
+    A network with instance normalisation (MONAI's UNet default), global pooling or attention makes
+    every output depend on the whole input: the measured radius is then the whole image, correctly,
+    and a region-restricted explanation gains nothing.
+
+    Returns:
+        radius per spatial axis, in voxels.
+    """
+    spatial = tuple(sample.shape[2:])
+    centre = tuple(n // 2 for n in spatial)
+    support = torch.zeros(spatial, dtype=torch.bool, device=sample.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(network, eval_mode):
+        for _ in range(n_probes):
+            probe = torch.randn((1, *sample.shape[1:]), generator=gen, dtype=sample.dtype)
+            probe = probe.to(sample.device).requires_grad_(True)
+            out = network(probe)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if tuple(out.shape[2:]) != spatial:
+                raise ValueError(f"The network maps the grid {spatial} to {tuple(out.shape[2:])}: a receptive "
+                                 "field in input voxels needs an output on the input grid; give "
+                                 "context_margin in voxels instead of 'auto'.")
+            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), probe)
+            support |= grad[0].abs().sum(0) > 0
+    radius = []
+    for axis, (n, c) in enumerate(zip(spatial, centre)):
+        idx = support.nonzero()[:, axis]
+        low, high = int(idx.min()), int(idx.max())
+        radius.append(n if low == 0 or high == n - 1 else max(c - low, high - c))
+    return tuple(radius)
+
+
+def network_stride(network: nn.Module, n_dims: int) -> tuple[int, ...]:
+    """Total down-sampling factor per axis of a MONAI ``UNet`` (product of its strides), else 1.
+
+    A strided network is translation-equivariant only for shifts that are multiples of this factor,
+    and usually accepts only sizes that are; a region-restricted crop is aligned to it.
+    """
+    if not isinstance(network, UNet):
+        return (1,) * n_dims
+    factor = [1] * n_dims
+    for s in network.strides:
+        per_axis = (s,) * n_dims if isinstance(s, int) else tuple(s)
+        factor = [f * int(p) for f, p in zip(factor, per_axis)]
+    return tuple(factor)
+
+
+def crop_window(area: torch.Tensor, margin: Sequence[int], multiple: Sequence[int]
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Start and size of the crop: bounding box of ``area`` plus ``margin``, aligned to ``multiple``.
+
+    The start is rounded down and the size up to multiples of ``multiple`` (a strided network needs
+    both), the crop is kept inside the image and never exceeds it.
+
+    Args:
+        area: bool ``spatial``, the voxels whose output the score reads (non-empty).
+        margin: context voxels per axis on each side (the receptive-field radius).
+        multiple: alignment per axis.
+    """
+    idx = area.nonzero()
+    start, size = [], []
+    for axis, n in enumerate(area.shape):
+        m = multiple[axis]
+        low = max(0, int(idx[:, axis].min()) - margin[axis])
+        high = min(n, int(idx[:, axis].max()) + 1 + margin[axis])
+        low = (low // m) * m
+        length = min(math.ceil((high - low) / m) * m, n)
+        low = max(0, min(low, n - length))
+        start.append(low)
+        size.append(length)
+    return tuple(start), tuple(size)

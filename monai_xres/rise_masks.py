@@ -1,0 +1,130 @@
+"""RISE masks (Petsiuk et al., 2018), generated on the fly, one mask index at a time.
+
+A mask is a random binary grid of ``grid`` cells, upsampled with (bi/tri)linear interpolation
+(``align_corners=False``) to ``(grid + 1) * cell`` voxels per axis, ``cell = ceil(size / grid)``, and
+cropped at a random shift in ``[0, cell)``. Mask ``i`` is a function of ``(seed, i)`` only, so the
+stream does not depend on how it is batched.
+
+Only the voxels of a requested window are ever computed: the upsampling is separable, so the window
+of mask ``i`` is ``cells`` contracted with one small interpolation matrix per axis (two non-zeros per
+row, the weights of ``torch.nn.functional.interpolate``). A region-restricted explanation therefore sees
+exactly the voxels that the full-image mask ``i`` has there, and memory is one batch of windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["MaskSpec", "draw_cells", "expected_keep", "mask_windows"]
+
+CELL_DRAWS = ("uniform", "randn")
+INTERPOLATIONS = ("linear", "nearest")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How the masks of one image are drawn.
+
+    Args:
+        image_size: spatial size of the full image, per axis.
+        grid: number of cells per axis (``s`` in the paper).
+        p_keep: keep probability of a cell.
+        seed: non-negative integer; mask ``i`` depends on ``(seed, i)`` only.
+        cell_draw: ``"uniform"`` keeps a cell when ``uniform < p_keep`` (the paper); ``"randn"`` when
+            ``standard_normal < p_keep``, as the published Seg-XRes-CAM RISE code does (it keeps
+            ``Phi(p_keep)`` of the cells: about 54% at ``p_keep=0.1``, not 10%).
+        interpolation: ``"linear"`` (the paper, smooth masks) or ``"nearest"`` (the published
+            segmentation code, binary masks; torch's ``mode="nearest"``).
+    """
+
+    image_size: tuple[int, ...]
+    grid: tuple[int, ...]
+    p_keep: float
+    seed: int = 0
+    cell_draw: str = "uniform"
+    interpolation: str = "linear"
+
+    @property
+    def cell(self) -> tuple[int, ...]:
+        """Cell size in voxels per axis, ``ceil(size / grid)``."""
+        return tuple(math.ceil(n / s) for n, s in zip(self.image_size, self.grid))
+
+    @property
+    def upsampled(self) -> tuple[int, ...]:
+        """Size of the upsampled grid before the crop, ``(grid + 1) * cell``."""
+        return tuple((s + 1) * c for s, c in zip(self.grid, self.cell))
+
+
+def expected_keep(cell_draw: str, p_keep: float) -> float:
+    """Probability that a cell is kept: ``p_keep`` for ``"uniform"``, ``Phi(p_keep)`` for ``"randn"``."""
+    if cell_draw == "randn":
+        return 0.5 * (1.0 + math.erf(p_keep / math.sqrt(2.0)))
+    return p_keep
+
+
+def draw_cells(spec: MaskSpec, index: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The binary cell grid (float64, shape ``grid``) and the crop shift per axis of mask ``index``."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, index]))
+    draw = rng.standard_normal(spec.grid) if spec.cell_draw == "randn" else rng.random(spec.grid)
+    cells = (draw < spec.p_keep).astype(np.float64)
+    shift = tuple(int(rng.integers(0, c)) for c in spec.cell)
+    return cells, shift
+
+
+def _interp_matrix(rows: np.ndarray, n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """Weights ``(len(rows), n_in)`` giving rows ``rows`` of a 1D resize from ``n_in`` to ``n_out``.
+
+    Reproduces torch's index arithmetic (float32 scale ``n_in / n_out``, half-pixel source
+    ``(j + 0.5) * scale - 0.5`` clamped at 0 for linear, ``floor(j * scale)`` for nearest), so that the
+    masks equal ``F.interpolate(..., align_corners=False)`` cropped, up to float32 rounding.
+    """
+    scale = np.float32(n_in) / np.float32(n_out)
+    weights = np.zeros((len(rows), n_in), dtype=np.float64)
+    at = np.arange(len(rows))
+    if mode == "nearest":
+        src = np.floor(rows.astype(np.float32) * scale).astype(np.int64)
+        weights[at, np.minimum(src, n_in - 1)] = 1.0
+        return weights
+    src = np.maximum((rows.astype(np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0).astype(np.float64)
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = src - low
+    np.add.at(weights, (at, low), 1.0 - frac)
+    np.add.at(weights, (at, high), frac)
+    return weights
+
+
+def mask_windows(spec: MaskSpec, indices: Sequence[int], start: Sequence[int], size: Sequence[int],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The window ``[start, start + size)`` of masks ``indices``, ``(len(indices), 1, *size)``, values in [0, 1].
+
+    Args:
+        spec: the mask distribution of the full image.
+        indices: mask indices.
+        start: first voxel of the window in the full image, per axis.
+        size: window size per axis.
+        device, dtype: of the returned masks (the cells are drawn on the CPU, then moved).
+
+    One batched matrix product per axis, whatever the number of masks: a few large operations rather
+    than many small ones, which matters when the CPU is shared. Each mask is computed by the same
+    per-matrix product whatever else is in the batch, so a mask does not depend on the batching.
+    """
+    draws = [draw_cells(spec, int(i)) for i in indices]
+    mask = torch.as_tensor(np.stack([cells for cells, _ in draws]), dtype=dtype).to(device)
+    n = len(draws)
+    for axis, (n_in, n_up) in enumerate(zip(spec.grid, spec.upsampled)):
+        rows = np.arange(size[axis]) + start[axis]
+        weights = np.stack([_interp_matrix(rows + shift[axis], n_in, n_up, spec.interpolation)
+                            for _, shift in draws])
+        weights = torch.as_tensor(weights, dtype=dtype).to(device)  # (n, size[axis], n_in)
+        rest = mask.shape[2:]
+        # contract the leading cell axis and append the window axis: after the last axis the result is
+        # (n, size_0, ..., size_d) in order
+        mask = torch.bmm(mask.reshape(n, n_in, -1).transpose(1, 2), weights.transpose(1, 2))
+        mask = mask.view(n, *rest, size[axis])
+    return mask[:, None]
