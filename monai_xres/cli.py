@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from monai_xres.distributed import launched_by_torchrun
 
 __all__ = ["main", "method_configs", "run_bundle"]
 
@@ -78,8 +81,10 @@ def _check_scan(path: str) -> str:
 
 
 def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: dict[str, dict],
-               region: dict[str, Any], label: str | None = None) -> Any:
-    """Run ``bundle``'s ``inference.json`` + explain overlay on one scan; returns the ``SaliencyWriter``."""
+               region: dict[str, Any], label: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """Run ``bundle``'s ``inference.json`` + explain overlay on one scan; returns the ``SaliencyWriter``.
+
+    ``overrides``: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun."""
     from monai.bundle import ConfigWorkflow
 
     bundle = Path(bundle).resolve()
@@ -93,7 +98,7 @@ def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: 
     workflow = ConfigWorkflow(
         config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
         workflow_type="inference", bundle_root=str(bundle), output_dir=os.path.abspath(output_dir),
-        **{"dataset#data": [case], "explain_methods": methods, "explain_region": region})
+        **{"dataset#data": [case], "explain_methods": methods, "explain_region": region, **(overrides or {})})
     workflow.initialize()
     workflow.run()
     writer = workflow.parser.get_parsed_content("explain_writer")
@@ -117,6 +122,45 @@ def _report(writer: Any, output_dir: str) -> int:
     return 1 if writer.errors else 0
 
 
+def _cohort(args: argparse.Namespace) -> int:
+    """``explain --datalist``: every case of the list, split across torchrun's ranks; rank 0 reports."""
+    from monai_xres.cohort import read_datalist, run_cohort
+
+    if args.label is not None:
+        raise CliError("--label names one scan's label map: with --datalist, use --class, --box, --point or "
+                       "--markup.")
+    if not (Path(args.bundle) / "configs" / "inference.json").is_file():
+        raise CliError(f"{args.bundle} is not a MONAI bundle: configs/inference.json is missing.")
+    try:
+        cases = read_datalist(args.datalist)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    methods = method_configs(args.method, args.pool_size, args.pool_mode, args.n_masks)
+    total = run_cohort(args.bundle, cases, args.output_dir, methods, _region(args), args.overwrite)
+    if total is None:  # ranks other than 0: rank 0 reports for all
+        return 0
+    print(f"\nCohort of {len(cases)} scans on {total['processes']} process(es): {total['done']} explained, "
+          f"{total['skipped']} already done (skipped), {len(total['failed'])} failed, {total['seconds']:.1f} s.")
+    for failure in total["failed"]:
+        print(f"error: {failure['case']}: {'; '.join(failure['errors'])}", file=sys.stderr)
+    print(f"Summary: {os.path.join(os.path.abspath(args.output_dir), 'cohort_summary.json')}")
+    return 1 if total["failed"] else 0
+
+
+def _mask_parallel(args: argparse.Namespace, image: str, label: str | None, methods: dict[str, dict]) -> int:
+    """``explain --image`` under torchrun: one scan, its RISE masks split across the ranks.
+
+    Every rank runs the bundle on the scan (collectives need all of them); only rank 0 keeps its files."""
+    from monai_xres.distributed import mask_parallel_methods, process_group, rank_device
+
+    device = rank_device()
+    overrides = {"device": f"$torch.device('{device}')"} if device.type == "cuda" else {}
+    with process_group() as (rank, _), tempfile.TemporaryDirectory() as scratch:
+        writer = run_bundle(args.bundle, image, args.output_dir if rank == 0 else scratch,
+                            mask_parallel_methods(methods), _region(args), label, overrides)
+    return _report(writer, args.output_dir) if rank == 0 else int(bool(writer.errors))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-xres", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rise-masks", type=int, default=200, help="RISE masks (default 200)")
     ex = sub.add_parser("explain", help="explain any bundle's segmentation of a scan")
     ex.add_argument("--bundle", required=True, help="bundle folder (configs/inference.json inside)")
-    ex.add_argument("--image", required=True, help="scan: NIfTI, NRRD, MHA or a DICOM folder")
+    scans = ex.add_mutually_exclusive_group(required=True)
+    scans.add_argument("--image", help="scan: NIfTI, NRRD, MHA or a DICOM folder")
+    scans.add_argument("--datalist", help="cohort: JSON list of scans (or {'image': ...} dicts; a Decathlon "
+                       "'testing' list) or a text file, one scan a line; under torchrun each rank explains its "
+                       "share")
     ex.add_argument("--class", dest="class_index", type=int, required=True, help="output channel to explain")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--box", type=float, nargs="+", help="start... end... (voxels of the preprocessed grid, "
@@ -141,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--pool-mode", choices=("mean", "max"), default="mean")
     ex.add_argument("--n-masks", type=int, default=200, help="RISE masks")
     ex.add_argument("--output-dir", required=True)
+    ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
     return parser
 
 
@@ -155,9 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(writer, args.output_dir)
         if args.box is not None and len(args.box) % 2:
             raise CliError(f"--box needs start and end coordinates (an even count), got {len(args.box)} values.")
+        if args.datalist is not None:
+            return _cohort(args)
         image = _check_scan(args.image)
         label = _existing(args.label, "label map") if args.label else None
         methods = method_configs(args.method, args.pool_size, args.pool_mode, args.n_masks)
+        if launched_by_torchrun():
+            return _mask_parallel(args, image, label, methods)
         writer = run_bundle(args.bundle, image, args.output_dir, methods, _region(args), label)
         return _report(writer, args.output_dir)
     except CliError as e:

@@ -269,9 +269,10 @@ class SegRISE(Explainer):
                  masks: Masks | None) -> Iterator[torch.Tensor]:
         """Mask batches ``(b, 1, *size)`` on ``like``'s device and dtype, generated or supplied."""
         if masks is None:
-            for first in range(0, self.n_masks, self.batch_size):
-                yield mask_windows(spec, range(first, min(first + self.batch_size, self.n_masks)), start, size,
-                                   like.device, like.dtype)
+            indices = self._mask_indices()
+            for first in range(0, len(indices), self.batch_size):
+                yield mask_windows(spec, indices[first:first + self.batch_size], start, size, like.device,
+                                   like.dtype)
             return
         window = (slice(None), slice(None)) + tuple(slice(s, s + n) for s, n in zip(start, size))
         for batch in ([masks] if isinstance(masks, torch.Tensor) else masks):
@@ -292,7 +293,7 @@ class SegRISE(Explainer):
         diff, fill = x - self.fill, torch.tensor(self.fill, dtype=x.dtype, device=x.device)
         n_used, sum_score, mask_total, snapshot, n_batches = 0, 0.0, 0.0, None, 0
         cropped = tuple(size) != spec.image_size
-        total = self.n_masks if masks is None else (
+        total = len(self._mask_indices()) if masks is None else (
             len(masks) if isinstance(masks, torch.Tensor) else
             sum(map(len, masks)) if isinstance(masks, (list, tuple)) else None)
         with tqdm(total=total, desc="SegRISE", unit="mask", disable=None if self.verbose else True,
@@ -315,7 +316,16 @@ class SegRISE(Explainer):
                             1e-300)) < self.early_stop_tol:
                         break
                     snapshot = current
-        if n_used == 0:
+        sums = self._reduce_sums({"sm": sm, "m": m_sum, "n_used": n_used, "sum_score": sum_score,
+                                  "mask_total": mask_total})
+        if sums["n_used"] == 0:
             raise ValueError("No masks were given: pass at least one mask (N >= 1).")
-        return {"sm": sm, "m": m_sum, "n_used": n_used, "sum_score": sum_score,
-                "mask_mean": mask_total / (n_used * sm.numel())}
+        return sums | {"mask_mean": sums["mask_total"] / (sums["n_used"] * sm.numel())}
+
+    def _mask_indices(self) -> range:
+        """The generated masks this process evaluates: all of them (mask-parallel RISE takes a part)."""
+        return range(self.n_masks)
+
+    def _reduce_sums(self, sums: dict) -> dict:
+        """The float64 sums over this process's masks made global (mask-parallel RISE adds other processes')."""
+        return sums

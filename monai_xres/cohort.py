@@ -1,0 +1,203 @@
+"""Cohort explanations: many scans through a bundle, split across ``torchrun`` ranks, resumable.
+
+Each rank explains its shard of the datalist (:func:`~monai_xres.distributed.shard`), one bundle run per
+case, and writes only its own cases' files: file names are per case and case names are checked unique,
+so no two ranks write the same path. A case that fails is logged and counted; the rank goes on. A case
+whose saliency files and JSON sidecars all exist is skipped unless ``overwrite`` (the writer saves each
+file atomically and the sidecar last, so an existing sidecar means a complete map). Rank 0 gathers a
+summary (cases done, skipped, failed, time) and writes ``<output_dir>/cohort_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from monai_xres.distributed import gather_objects, process_group, rank_and_world, rank_device, shard
+
+__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cohort",
+           "summarise"]
+
+logger = logging.getLogger(__name__)
+SUMMARY = "cohort_summary.json"
+
+
+def read_datalist(path: str | os.PathLike, key: str = "testing") -> list[dict[str, str]]:
+    """Cases ``[{"image": path[, "label": path]}, ...]`` from a datalist file.
+
+    Accepted: a JSON list of scan paths or of ``{"image": ...}`` dicts; a Decathlon-style JSON dict, read
+    with MONAI's ``load_decathlon_datalist`` under ``key``; or a text file with one scan path per line.
+    Relative paths are taken from the datalist's folder.
+    """
+    from monai.data import load_decathlon_datalist
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"datalist {str(path)!r} does not exist: give a JSON or text file listing the scans.")
+    base = path.resolve().parent
+    if path.suffix == ".json":
+        content = json.loads(path.read_text())
+        if isinstance(content, Mapping):
+            if key not in content:
+                raise ValueError(f"datalist {str(path)!r} has no {key!r} list (keys: {sorted(content)}): add it, "
+                                 "or give a JSON list of scans.")
+            cases = load_decathlon_datalist(str(path), True, key, str(base))
+        else:
+            cases = [c if isinstance(c, Mapping) else {"image": c} for c in content]
+    else:
+        cases = [{"image": line.strip()} for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, case in enumerate(cases):
+        if not isinstance(case, Mapping) or not isinstance(case.get("image"), str):
+            raise ValueError(f"datalist {str(path)!r} entry {i} has no 'image' path: {case!r}.")
+        out.append({k: str(base / v) if k in ("image", "label") else v for k, v in case.items()})
+    if not out:
+        raise ValueError(f"datalist {str(path)!r} lists no scans.")
+    _check_unique(out)
+    return out
+
+
+def _stem(image: str) -> str:
+    """The per-case folder and file prefix MONAI's ``SaveImage`` uses for ``image``."""
+    from monai.data.folder_layout import FolderLayout
+
+    return Path(FolderLayout("", extension="").filename(subject=str(image).rstrip("/"))).name
+
+
+def _check_unique(cases: Sequence[Mapping[str, str]]) -> None:
+    seen: dict[str, str] = {}
+    for case in cases:
+        stem, image = _stem(case["image"]), case["image"]
+        if stem in seen and seen[stem] != image:
+            raise ValueError(f"{seen[stem]!r} and {image!r} would write the same output files ({stem}/...): rename "
+                             "one, or explain them in separate output folders.")
+        seen[stem] = image
+
+
+def case_outputs(output_dir: str | os.PathLike, image: str, methods: Sequence[str], regions: Sequence[str],
+                 ext: str = ".nii.gz") -> list[str]:
+    """The saliency files and JSON sidecars that ``SaliencyWriter`` writes for one case."""
+    stem = _stem(image)
+    folder = Path(output_dir) / stem
+    return [str(folder / f"{stem}_{m}_{r}{suffix}") for m in methods for r in regions for suffix in (ext, ".json")]
+
+
+def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
+                   regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Explain this rank's shard of ``cases``; returns this rank's summary.
+
+    Args:
+        cases: the whole cohort (every rank passes the same list).
+        output_dir, methods, regions: where and under which names the files go (to find finished cases).
+        explain_case: explains and writes one case; returns the writer's errors (empty when all went well).
+        overwrite: explain finished cases again.
+    """
+    rank, world = rank_and_world()
+    summary: dict[str, Any] = {"rank": rank, "done": [], "skipped": [], "failed": []}
+    start = time.perf_counter()
+    for case in tqdm(shard(cases, rank, world), desc=f"rank {rank}", unit="case", position=rank, disable=None):
+        image = case["image"]
+        if not overwrite and all(os.path.isfile(p) for p in case_outputs(output_dir, image, methods, regions)):
+            summary["skipped"].append(image)
+            continue
+        try:
+            errors = [f"{e['method']} {e['region']}: {e['error']}" for e in explain_case(case)]
+        except Exception as e:  # one bad case (unreadable scan, network error) must not stop the rank
+            logger.exception("rank %d: case %s failed", rank, image)
+            errors = [f"{type(e).__name__}: {e}"]
+        if errors:
+            summary["failed"].append({"case": image, "errors": errors})
+        else:
+            summary["done"].append(image)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def summarise(per_rank: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One summary from the ranks' summaries (wall time is the slowest rank's)."""
+    seconds = max((s["seconds"] for s in per_rank), default=0.0)
+    done = sum(len(s["done"]) for s in per_rank)
+    return {"processes": len(per_rank), "done": done, "skipped": sum(len(s["skipped"]) for s in per_rank),
+            "failed": [f for s in per_rank for f in s["failed"]], "seconds": seconds,
+            "cases_per_second": done / seconds if seconds > 0 else None,
+            "per_rank": [{"rank": s["rank"], "done": [_stem(c) for c in s["done"]], "skipped": len(s["skipped"]),
+                          "failed": len(s["failed"]), "seconds": s["seconds"]} for s in per_rank]}
+
+
+def pending_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
+                  region: Mapping[str, Any], overwrite: bool = False) -> list[Mapping[str, str]]:
+    """The cases still to explain (all with ``overwrite``), for a bundle overlay's ``dataset#data``."""
+    from monai_xres.regions import as_region_spec
+
+    _check_unique(cases)
+    labels = [as_region_spec(dict(region)).label]
+    return [c for c in cases if overwrite or not all(
+        os.path.isfile(p) for p in case_outputs(output_dir, c["image"], list(methods), labels))]
+
+
+def bundle_report(writer: Any, cases: Sequence[Mapping[str, str]], n_cases: int, output_dir: str | os.PathLike,
+                  started: float) -> dict[str, Any] | None:
+    """Summary of a bundle run with ``configs/multi_gpu_explain.json``, gathered and written by rank 0.
+
+    Args:
+        writer: the rank's ``SaliencyWriter``; cases: the rank's cases; n_cases: the cohort's size
+            (cases not in any rank's share were already done); started: ``time.time()`` at initialize.
+    """
+    rank, _ = rank_and_world()
+    failed = {e["case"] for e in writer.errors}
+    local = {"rank": rank, "done": [c["image"] for c in cases if c["image"] not in failed], "skipped": [],
+             "failed": [{"case": case, "errors": [f"{e['method']} {e['region']}: {e['error']}" for e in writer.errors
+                                                  if e["case"] == case]} for case in sorted(failed)],
+             "seconds": time.time() - started}
+    per_rank = gather_objects(local)
+    if rank != 0:
+        return None
+    total = summarise(per_rank)
+    total["skipped"] = n_cases - sum(len(s["done"]) + len(s["failed"]) for s in per_rank)
+    os.makedirs(output_dir, exist_ok=True)
+    from monai_xres.provenance import atomic_write_text
+
+    atomic_write_text(Path(output_dir) / SUMMARY, json.dumps(total, indent=2))
+    return total
+
+
+def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike,
+               methods: Mapping[str, Mapping], region: Mapping[str, Any], overwrite: bool = False
+               ) -> dict[str, Any] | None:
+    """Explain a cohort with a bundle, on every rank of a ``torchrun`` launch (or in one process).
+
+    Returns the gathered summary on rank 0 (also written to ``<output_dir>/cohort_summary.json``) and
+    None on the other ranks.
+    """
+    from monai_xres.cli import run_bundle
+    from monai_xres.provenance import atomic_write_text
+    from monai_xres.regions import as_region_spec
+
+    _check_unique(cases)
+    labels = [as_region_spec(dict(region)).label]
+    device = rank_device()
+    # the bundle's own device choice ('cuda:0') would put every rank on the first GPU
+    overrides = {"device": f"$torch.device('{device}')"} if device.type == "cuda" else {}
+
+    def explain_case(case: Mapping[str, str]) -> list[dict]:
+        writer = run_bundle(bundle, case["image"], str(output_dir), dict(methods), dict(region), case.get("label"),
+                            overrides=overrides)
+        return list(writer.errors)
+
+    with process_group() as (rank, _):
+        local = explain_cohort(cases, output_dir, list(methods), labels, explain_case, overwrite)
+        per_rank = gather_objects(local)
+    if rank != 0:
+        return None
+    total = summarise(per_rank)
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_text(Path(output_dir) / SUMMARY, json.dumps(total, indent=2))
+    return total
