@@ -59,7 +59,12 @@ def cohort(tmp_path_factory):
     datalist = root / "datalist.json"
     datalist.write_text(json.dumps(CASES))
     methods = {METHOD: {"method": "segxrescam", "pool_size": 2}}
-    total = run_cohort(bundle, read_datalist(datalist), root / "single", methods, {"class_index": 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun's workers, so the float32 convolutions are the same
+    try:
+        total = run_cohort(bundle, read_datalist(datalist), root / "single", methods, {"class_index": 1})
+    finally:
+        torch.set_num_threads(threads)
     assert total["done"] == 4 and not total["failed"], total
     return {"root": root, "bundle": bundle, "datalist": datalist, "single": root / "single"}
 
@@ -134,6 +139,7 @@ from monai_xres.distributed import MaskParallelSegRISE, process_group
 from monai_xres.targets import RegionTarget
 from monai_xres.rise import SegRISE
 
+torch.set_num_threads(1)  # as torchrun's workers: the same float32 convolutions in every process
 torch.manual_seed(0)
 net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1).eval()
 x = torch.rand(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
@@ -153,7 +159,11 @@ def test_mask_parallel_rise_on_two_ranks_equals_single_process(tmp_path, monkeyp
     script = tmp_path / "rise.py"
     script.write_text(textwrap.dedent(RISE_SCRIPT))
     monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path), "single"])
-    runpy.run_path(str(script), run_name="__main__")  # the reference: plain SegRISE in this process
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")  # the reference: plain SegRISE in this process
+    finally:
+        torch.set_num_threads(threads)
     subprocess.run(_torchrun(str(script), str(tmp_path), "parallel"), env=ENV, check=True, timeout=300,
                    capture_output=True)
     single = torch.load(tmp_path / "single_0_of_1.pt")
