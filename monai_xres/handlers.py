@@ -69,7 +69,7 @@ class SaliencyWriter:
         transform: the preprocessing to invert (``Invertd``); default: the evaluator's
             ``data_loader.dataset.transform``. None with no evaluator: maps stay on the preprocessed grid.
         image_key: the image key in the batch.
-        inferer, slice_axis: as :class:`~monai_xres.transforms.ExplainRegiond`.
+        inferer, slice_axis, slice_index: as :class:`~monai_xres.transforms.ExplainRegiond`.
         output_ext: ``.nii.gz`` (default), ``.nii``, ``.nrrd``, ...
         separate_folder, data_root_dir: as MONAI's ``SaveImage``.
         overlay, write_sidecar: also write the PNG overlay / the JSON sidecar.
@@ -86,7 +86,8 @@ class SaliencyWriter:
     def __init__(self, explainers: Mapping[str, Explainer | Mapping] | Explainer,
                  regions: Mapping[str, RegionSpec | Mapping | int] | RegionSpec | int = 1,
                  output_dir: str | os.PathLike = "./saliency", transform: Any = None, image_key: str = "image",
-                 inferer: Inferer | None = None, slice_axis: int | None = None, output_ext: str = ".nii.gz",
+                 inferer: Inferer | None = None, slice_axis: int | None = None, slice_index: int | None = None,
+                 output_ext: str = ".nii.gz",
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
                  network: nn.Module | None = None, raise_errors: bool = False) -> None:
@@ -101,7 +102,7 @@ class SaliencyWriter:
             regions = {spec.label: spec}
         self.regions = {str(k): as_region_spec(v) for k, v in dict(regions).items()}
         self.output_dir, self.transform, self.image_key = os.fspath(output_dir), transform, image_key
-        self.inferer, self.slice_axis, self.output_ext = inferer, slice_axis, output_ext
+        self.inferer, self.slice_axis, self.slice_index, self.output_ext = inferer, slice_axis, slice_index, output_ext
         self.separate_folder, self.data_root_dir = separate_folder, data_root_dir
         self.overlay, self.write_sidecar, self.raise_errors = overlay, write_sidecar, raise_errors
         self.model_file = None if model_file is None else os.fspath(model_file)
@@ -164,17 +165,17 @@ class SaliencyWriter:
         return files
 
     def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
-        adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis)
+        adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
+                                 slice_index=self.slice_index)
         saliency, explanation, facts = adapter.explain(data)
         image = data[self.image_key]
         if not isinstance(image, MetaTensor):
             raise ValueError("the image is a plain tensor without geometry: load it with MONAI's LoadImaged "
                              "(MetaTensor) so the map can be saved on the scan.")
-        mask = explanation.regions[0].detach().float()
-        if self.slice_axis is not None:
-            mask = mask.unsqueeze(self.slice_axis % (image.ndim - 1))
+        mask = explanation.regions[0].detach().float()[None]
+        mask = adapter.restore_slice(mask, image, facts.get("slice", {}).get("index"))
         maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
-                "region": like_image(mask[None], image)}
+                "region": like_image(mask, image)}
         maps = self._invert(maps)
         final = self._save(maps["saliency"], f"{method}_{region}")
         stem = final[: -len(self.output_ext)]

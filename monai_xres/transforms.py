@@ -61,8 +61,11 @@ class ExplainRegiond(MapTransform):
             stitched output (``Explainer.with_inferer``; Seg-XRes-CAM and its presets) does so, window by
             window; for the others the inferer's prediction defines the region (``argmax == c`` within the
             spec's region) and the explainer runs the whole preprocessed input.
-        slice_axis: for a 2D network on one slice of a 3D scan: the spatial axis (0, 1, 2 or -1) of
-            size 1 to drop before explaining; the map gets it back, so it inverts onto that slice.
+        slice_axis: for a 2D network on one slice of a 3D scan: the spatial axis (0, 1, 2 or -1) across
+            the slices. The slice explained is ``slice_index``, or the one through the region's point or
+            box centre, or the only one; the map is zero on the other slices, so it inverts onto that
+            slice of the scan.
+        slice_index: the slice to explain along ``slice_axis`` (see above).
         allow_missing_keys: skip cases without the image key instead of raising.
 
     Returns (``__call__``): the data with ``output_key`` holding a float32 ``MetaTensor`` ``(1, *spatial)``.
@@ -74,7 +77,7 @@ class ExplainRegiond(MapTransform):
 
     def __init__(self, keys: KeysCollection, explainer: Explainer, region: RegionSpec | Mapping | int = 1,
                  output_key: str | None = None, inferer: Inferer | None = None, slice_axis: int | None = None,
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, slice_index: int | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"Give one image key, got {list(self.keys)}: use one transform per image.")
@@ -90,6 +93,7 @@ class ExplainRegiond(MapTransform):
             self.explainer, inferer = windowed, None
         self.inferer = inferer
         self.slice_axis = slice_axis
+        self.slice_index = slice_index
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -107,18 +111,20 @@ class ExplainRegiond(MapTransform):
             target, facts = self.region.resolve(data, image)
             x = image.as_tensor() if isinstance(image, MetaTensor) else image
             x = x if x.is_floating_point() else x.float()
+            index = None
             if self.slice_axis is not None:
-                x, target = self._drop_slice_axis(x, target)
+                index = self._slice_of(x, target)
+                x, target = self._drop_slice_axis(x, target, index)
             x = x[None]
             if self.inferer is not None:
                 target = self._inferred_target(x, target)
             explanation = self.explainer.attribute(x, target)
         except (ValueError, KeyError, OSError) as e:
             raise ValueError(f"Case {case}: {e}") from e
-        saliency = explanation.saliency[0].detach()
-        if self.slice_axis is not None:
-            saliency = saliency.unsqueeze(self._axis(image) + 1)
+        saliency = self.restore_slice(explanation.saliency[0].detach(), image, index)
         facts["score"] = explanation.scores[0]
+        if index is not None:
+            facts["slice"] = {"axis": self._axis(image), "index": index}
         return like_image(saliency, image), explanation, facts
 
     def _image(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
@@ -140,23 +146,49 @@ class ExplainRegiond(MapTransform):
             raise ValueError(f"slice_axis={self.slice_axis} is not a spatial axis of a {n}D image.")
         return self.slice_axis % n
 
-    def _drop_slice_axis(self, x: torch.Tensor, target: RegionTarget) -> tuple[torch.Tensor, RegionTarget]:
+    def _slice_of(self, x: torch.Tensor, target: RegionTarget) -> int:
+        """The slice along ``slice_axis`` to explain: given, or under the point / box centre, or the only one."""
+        axis, n = self._axis(x), x.shape[self._axis(x) + 1]
+        if self.slice_index is not None:
+            index = int(self.slice_index)
+        elif n == 1:
+            index = 0
+        elif target.point is not None and not target.point_in_mm:
+            index = int(round(float(target.point[axis])))
+        elif target.box is not None:
+            index = (int(target.box[0][axis]) + int(target.box[1][axis]) - 1) // 2
+        else:
+            raise ValueError(f"slice_axis={self.slice_axis}: the image has {n} slices along it; give slice_index=... "
+                             "or a point/box region to pick the slice to explain.")
+        if not 0 <= index < n:
+            raise ValueError(f"Slice {index} is outside the {n} slices along slice_axis={self.slice_axis}.")
+        return index
+
+    def _drop_slice_axis(self, x: torch.Tensor, target: RegionTarget, index: int
+                         ) -> tuple[torch.Tensor, RegionTarget]:
         axis = self._axis(x)
-        if x.shape[axis + 1] != 1:
-            raise ValueError(f"slice_axis={self.slice_axis} needs one slice along that axis, got spatial shape "
-                             f"{tuple(x.shape[1:])}: crop the slice first, e.g. SpatialCropd(roi_start=..., "
-                             "roi_end=...) one voxel apart on that axis.")
         changes: dict[str, Any] = {}
         for name in ("mask", "label_map"):
             value = getattr(target, name)
             if value is not None:
                 t = torch.as_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value)
-                changes[name] = t.squeeze(axis + 1 if t.ndim == x.ndim else axis)
+                changes[name] = t.select(axis + 1 if t.ndim == x.ndim else axis, index)
         if target.box is not None:
+            if not int(target.box[0][axis]) <= index < int(target.box[1][axis]):
+                raise ValueError(f"The box {target.box} does not cover slice {index} of axis {axis}.")
             changes["box"] = tuple([v for i, v in enumerate(corner) if i != axis] for corner in target.box)
         if target.point is not None:
             changes["point"] = [v for i, v in enumerate(target.point) if i != axis]
-        return x.squeeze(axis + 1), replace(target, **changes)
+        return x.select(axis + 1, index), replace(target, **changes)
+
+    def restore_slice(self, values: torch.Tensor, image: torch.Tensor, index: int | None) -> torch.Tensor:
+        """``values`` ``(C, *slice)`` of a 2D explanation back into the image's 3D grid, zero off the slice."""
+        if self.slice_axis is None or index is None:
+            return values
+        axis = self._axis(image)
+        full = values.new_zeros((values.shape[0], *image.shape[1:]))
+        full.select(axis + 1, index).copy_(values)
+        return full
 
     def _inferred_target(self, x: torch.Tensor, target: RegionTarget) -> RegionTarget:
         """The region under the inferer's prediction, frozen as a mask so the explainer scores exactly it."""
@@ -188,7 +220,7 @@ class SegXResCAMd(ExplainRegiond):
         target_layer, pool_size, pool_mode: as :class:`~monai_xres.cam.SegXResCAM` (pool 1 = HiResCAM,
             ``"global"`` = Seg-Grad-CAM).
         class_index: the class to explain.
-        output_key, inferer, slice_axis, allow_missing_keys: as :class:`ExplainRegiond`.
+        output_key, inferer, slice_axis, allow_missing_keys, slice_index: as :class:`ExplainRegiond`.
         region: the region's source, fields of :class:`RegionSpec` (``region_key``, ``label_value``,
             ``box``, ``point``, ``point_in_mm``, ``markup``, ``markup_key``, ``connected``, ...).
 
@@ -201,10 +233,11 @@ class SegXResCAMd(ExplainRegiond):
     def __init__(self, keys: KeysCollection, network: nn.Module, target_layer: str | nn.Module | None = None,
                  pool_size: int | Sequence[int] | str = 1, pool_mode: str = "mean", class_index: int = 1,
                  output_key: str = "saliency_segxrescam", inferer: Inferer | None = None,
-                 slice_axis: int | None = None, allow_missing_keys: bool = False, **region: Any) -> None:
+                 slice_axis: int | None = None, allow_missing_keys: bool = False,
+                 slice_index: int | None = None, **region: Any) -> None:
         explainer = SegXResCAM(network, target_layer, pool_size, pool_mode)
         super().__init__(keys, explainer, {"class_index": class_index, **region}, output_key, inferer,
-                         slice_axis, allow_missing_keys)
+                         slice_axis, allow_missing_keys, slice_index)
 
 
 class SegRISEd(ExplainRegiond):
@@ -215,17 +248,19 @@ class SegRISEd(ExplainRegiond):
         network: the segmentation network.
         n_masks, grid_size, p_keep, batch_size, score, fill, seed: as :class:`~monai_xres.rise.SegRISE`.
         rise_kwargs: further ``SegRISE`` arguments (e.g. ``{"verbose": False}``).
-        class_index, output_key, inferer, slice_axis, allow_missing_keys, region: as :class:`SegXResCAMd`.
+        class_index, output_key, inferer, slice_axis, allow_missing_keys, slice_index, region: as
+            :class:`SegXResCAMd`.
     """
 
     def __init__(self, keys: KeysCollection, network: nn.Module, n_masks: int = 2000,
                  grid_size: int | Sequence[int] = 7, p_keep: float = 0.5, batch_size: int = 16,
                  score: str = "dice", fill: float = 0.0, seed: int = 0, rise_kwargs: Mapping | None = None,
                  class_index: int = 1, output_key: str = "saliency_segrise", inferer: Inferer | None = None,
-                 slice_axis: int | None = None, allow_missing_keys: bool = False, **region: Any) -> None:
+                 slice_axis: int | None = None, allow_missing_keys: bool = False,
+                 slice_index: int | None = None, **region: Any) -> None:
         from monai_xres.rise import SegRISE  # RISE is optional for CAM-only pipelines
 
         explainer = SegRISE(network, n_masks=n_masks, grid_size=grid_size, p_keep=p_keep, batch_size=batch_size,
                             score=score, fill=fill, seed=seed, **dict(rise_kwargs or {}))
         super().__init__(keys, explainer, {"class_index": class_index, **region}, output_key, inferer,
-                         slice_axis, allow_missing_keys)
+                         slice_axis, allow_missing_keys, slice_index)

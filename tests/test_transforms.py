@@ -210,7 +210,7 @@ def test_errors_name_the_case(case, net, tmp_path):
         assert len(message) > len("Case : ") + 30, what  # says what is wrong, not just where
     with pytest.raises(ValueError, match="Unknown region field"):
         SegXResCAMd("image", net, colour="red")
-    with pytest.raises(ValueError, match="one slice"):
+    with pytest.raises(ValueError, match="give slice_index"):
         ExplainRegiond("image", SegXResCAM(net), 1, slice_axis=2)(case)
     skipped = {k: v for k, v in case.items() if k != "image"}
     assert ExplainRegiond("image", SegXResCAM(net), 1, allow_missing_keys=True)(skipped).keys() == skipped.keys()
@@ -321,3 +321,19 @@ def test_region_file_on_the_scan_grid_lands_on_the_preprocessed_grid():
     assert placed.sum() > 1000 and torch.equal(placed, out["label"][0] == 5)
     with pytest.raises(ValueError, match="Cannot read the region file"):
         RegionSpec(1, region_key="raw").resolve({"raw": "/nonexistent/label.nii.gz"}, out["image"])
+
+
+def test_a_slice_of_a_volume_is_explained_in_place(case, small_unet):
+    """A 2D network on slice k of a 3D case: the map is the 2D explanation of that slice, zero elsewhere."""
+    net2d = small_unet(2, out_channels=3)
+    image = case["image"]
+    k = image.shape[3] // 2
+    region = {"class_index": 1, "restrict_to_prediction": False}
+    out = ExplainRegiond("image", SegXResCAM(net2d), region, slice_axis=2, slice_index=k)(case)["saliency_segxrescam"]
+    direct = SegXResCAM(net2d)(image.as_tensor()[None, ..., k], RegionTarget(1, restrict_to_prediction=False))[0]
+    assert out.shape == image.shape and len(out.applied_operations) == len(image.applied_operations)
+    torch.testing.assert_close(out.as_tensor()[..., k], direct)
+    assert direct.abs().sum() > 0 and out.as_tensor().abs().sum() == direct.abs().sum()  # nothing off the slice
+    box = ((0, 0, k - 1), (8, 8, k + 2))  # the slice through the box centre is picked when none is given
+    by_box = ExplainRegiond("image", SegXResCAM(net2d), {"box": box, **region}, slice_axis=2)(case)
+    assert by_box["saliency_segxrescam"].as_tensor()[..., k].abs().sum() > 0
