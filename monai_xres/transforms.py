@@ -63,7 +63,7 @@ class ExplainRegiond(MapTransform):
             spec's region) and the explainer runs the whole preprocessed input.
         slice_axis: for a 2D network on one slice of a 3D scan: the spatial axis (0, 1, 2 or -1) across
             the slices. The slice explained is ``slice_index``, or the one through the region's point or
-            box centre, or the only one; the map is zero on the other slices, so it inverts onto that
+            box centre, or the middle one; the map is zero on the other slices, so it inverts onto that
             slice of the scan.
         slice_index: the slice to explain along ``slice_axis`` (see above).
         allow_missing_keys: skip cases without the image key instead of raising.
@@ -147,19 +147,16 @@ class ExplainRegiond(MapTransform):
         return self.slice_axis % n
 
     def _slice_of(self, x: torch.Tensor, target: RegionTarget) -> int:
-        """The slice along ``slice_axis`` to explain: given, or under the point / box centre, or the only one."""
+        """The slice along ``slice_axis`` to explain: given, or under the point / box centre, or the middle one."""
         axis, n = self._axis(x), x.shape[self._axis(x) + 1]
         if self.slice_index is not None:
             index = int(self.slice_index)
-        elif n == 1:
-            index = 0
         elif target.point is not None and not target.point_in_mm:
             index = int(round(float(target.point[axis])))
         elif target.box is not None:
             index = (int(target.box[0][axis]) + int(target.box[1][axis]) - 1) // 2
-        else:
-            raise ValueError(f"slice_axis={self.slice_axis}: the image has {n} slices along it; give slice_index=... "
-                             "or a point/box region to pick the slice to explain.")
+        else:  # no hint: the middle slice
+            index = n // 2
         if not 0 <= index < n:
             raise ValueError(f"Slice {index} is outside the {n} slices along slice_axis={self.slice_axis}.")
         return index

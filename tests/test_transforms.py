@@ -210,8 +210,8 @@ def test_errors_name_the_case(case, net, tmp_path):
         assert len(message) > len("Case : ") + 30, what  # says what is wrong, not just where
     with pytest.raises(ValueError, match="Unknown region field"):
         SegXResCAMd("image", net, colour="red")
-    with pytest.raises(ValueError, match="give slice_index"):
-        ExplainRegiond("image", SegXResCAM(net), 1, slice_axis=2)(case)
+    with pytest.raises(ValueError, match="Slice 99 is outside the 12 slices"):
+        ExplainRegiond("image", SegXResCAM(net), 1, slice_axis=2, slice_index=99)(case)
     skipped = {k: v for k, v in case.items() if k != "image"}
     assert ExplainRegiond("image", SegXResCAM(net), 1, allow_missing_keys=True)(skipped).keys() == skipped.keys()
 
