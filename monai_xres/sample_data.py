@@ -3,10 +3,11 @@
 Each seed gives one case: a CT volume in Hounsfield units (int16) and a label map (uint8) on the same
 grid, saved as NIfTI with equal qform and sform (codes 1), so nibabel, ITK, 3D Slicer and MONAI agree on
 its geometry. The anatomy is drawn in patient millimetres (RAS: +x right, +y anterior, +z superior) and
-sampled on the scan grid, so spacing and obliquity change the voxels, never the anatomy.
+sampled on the scan grid, so spacing and obliquity change the voxels, not the organs (only the bowel
+texture and the noise are drawn per grid).
 
 The abdomen is scaled down (about 13 cm across instead of 35 cm) so that a case at clinical spacing
-(0.8-1.5 mm in-plane, 2.5-5 mm slices) stays around 100 x 100 x 32 voxels.
+(0.8-1.5 mm in-plane, 2.5-5 mm slices) stays between about 100 x 90 x 23 and 190 x 170 x 45 voxels.
 
 Run ``python -m monai_xres.sample_data --out-dir DIR --seeds 0 1 2`` to write cases.
 """
@@ -132,6 +133,9 @@ def _render_organs(p: np.ndarray, a: dict, rng: np.random.Generator, hu: np.ndar
     spleen = _ellipsoid(pw, sp["c"], sp["semi"], rot, sp["scale"])
     hilum = np.asarray(sp["c"]) + rot @ np.array([sp["semi"][0] * 1.3 * sp["scale"], 0, 0])  # medial notch
     spleen &= ~_ellipsoid(pw, hilum, np.asarray(sp["semi"]) * (0.8, 0.6, 0.7), rot, sp["scale"])
+    # perisplenic and hilar fat, bridged here and there by soft tissue, around the spleen
+    shell = _ellipsoid(pw, sp["c"], np.asarray(sp["semi"]) + 2.5, rot, sp["scale"]) & cavity
+    _paint(hu, lab, shell, np.where(texture(3.0) > -0.6, -90.0, 30.0), 0)
     _paint(hu, lab, spleen & cavity, sp["hu"] + grain, 1)
     for label, side, c in ((2, 1, kd["right"]), (3, -1, kd["left"])):
         pw = _warp(rng, 1.5)(p)
