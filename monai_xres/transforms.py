@@ -34,10 +34,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from torch import nn
 
-from monai_xres.base import Explainer, Explanation, preserved_model_state
+from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.cam import SegXResCAM
 from monai_xres.regions import RegionSpec, as_region_spec, case_name
-from monai_xres.targets import RegionTarget
+from monai_xres.targets import RegionTarget, predicted_class_mask
 
 __all__ = ["ExplainRegiond", "SegRISEd", "SegXResCAMd", "method_name"]
 
@@ -63,8 +63,8 @@ class ExplainRegiond(MapTransform):
             spec's region) and the explainer runs the whole preprocessed input.
         slice_axis: for a 2D network on one slice of a 3D scan: the spatial axis (0, 1, 2 or -1) across
             the slices. The slice explained is ``slice_index``, or the one through the region's point or
-            box centre, or the middle one; the map is zero on the other slices, so it inverts onto that
-            slice of the scan.
+            box centre, or the one where the network predicts the most voxels of the class; the map is
+            zero on the other slices, so it inverts onto that slice of the scan.
         slice_index: the slice to explain along ``slice_axis`` (see above).
         allow_missing_keys: skip cases without the image key instead of raising.
 
@@ -147,7 +147,7 @@ class ExplainRegiond(MapTransform):
         return self.slice_axis % n
 
     def _slice_of(self, x: torch.Tensor, target: RegionTarget) -> int:
-        """The slice along ``slice_axis`` to explain: given, or under the point / box centre, or the middle one."""
+        """The slice along ``slice_axis`` to explain: given, under the point / box centre, or the busiest one."""
         axis, n = self._axis(x), x.shape[self._axis(x) + 1]
         if self.slice_index is not None:
             index = int(self.slice_index)
@@ -155,11 +155,25 @@ class ExplainRegiond(MapTransform):
             index = int(round(float(target.point[axis])))
         elif target.box is not None:
             index = (int(target.box[0][axis]) + int(target.box[1][axis]) - 1) // 2
-        else:  # no hint: the middle slice
-            index = n // 2
+        else:
+            index = self._busiest_slice(x, target)
         if not 0 <= index < n:
             raise ValueError(f"Slice {index} is outside the {n} slices along slice_axis={self.slice_axis}.")
         return index
+
+    def _busiest_slice(self, x: torch.Tensor, target: RegionTarget) -> int:
+        """The slice where the network predicts the most voxels of the class (through its inferer, if any)."""
+        axis, network = self._axis(x), self.explainer.network
+        inferer = getattr(self.explainer, "inferer", None) or self.inferer
+        areas = []
+        with torch.no_grad(), preserved_model_state(network):
+            for k in range(x.shape[axis + 1]):
+                piece = x.select(axis + 1, k)[None]
+                with network_errors(piece):
+                    out = network(piece) if inferer is None else inferer(piece, network)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                areas.append(int(predicted_class_mask(out[0], target.class_index).sum()))
+        return int(np.argmax(areas))
 
     def _drop_slice_axis(self, x: torch.Tensor, target: RegionTarget, index: int
                          ) -> tuple[torch.Tensor, RegionTarget]:

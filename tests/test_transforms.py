@@ -339,3 +339,19 @@ def test_a_slice_of_a_volume_is_explained_in_place(case, small_unet):
     box = ((0, 0, k - 1), (8, 8, k + 2))  # the slice through the box centre is picked when none is given
     by_box = ExplainRegiond("image", SegXResCAM(net2d), {"box": box, **region}, slice_axis=2)(case)
     assert by_box["saliency_segxrescam"].as_tensor()[..., k].abs().sum() > 0
+
+
+def test_without_a_hint_the_busiest_slice_is_explained(case):
+    """A 2D network predicting class 1 where the input is bright: the slice with most bright voxels wins."""
+    net2d = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        net2d.weight.copy_(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1))
+        net2d.bias.copy_(torch.tensor([0.0, -0.5]))  # class 1 iff x > 0.5
+    data = dict(case)
+    image = data["image"].clone()
+    image.zero_()
+    image[0, :6, :6, 2] = 1.0
+    image[0, :8, :8, 7] = 1.0  # the busiest slice
+    data["image"] = image
+    out = ExplainRegiond("image", SegXResCAM(net2d, target_layer=net2d), 1, slice_axis=2).explain(data)
+    assert out[2]["slice"] == {"axis": 2, "index": 7}
