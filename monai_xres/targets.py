@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["RegionTarget", "as_target_list", "predicted_class_mask"]
+__all__ = ["RegionTarget", "as_target_list", "batch_class_mask", "predicted_class_mask"]
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | MetaTensor
 
@@ -35,15 +35,20 @@ def predicted_class_mask(logits: torch.Tensor, class_index: int) -> torch.Tensor
     Returns:
         bool tensor of shape ``spatial``.
     """
-    if logits.shape[0] == 1:
-        return logits[0] > 0
-    # argmax == c without argmax over dim 0, which is ~100x slower than comparisons on CPU. Ties go to
+    return batch_class_mask(logits[None], class_index)[0]
+
+
+def batch_class_mask(out: torch.Tensor, class_index: int) -> torch.Tensor:
+    """:func:`predicted_class_mask` of a batch ``(B, C, *spatial)``: bool ``(B, *spatial)``."""
+    if out.shape[1] == 1:
+        return out[:, 0] > 0
+    # argmax == c without argmax over the channels, which is ~100x slower than comparisons on CPU. Ties go to
     # the first maximum, as in argmax: c must beat earlier channels strictly and later ones or equal them.
-    own = logits[class_index]
-    mask = torch.ones(own.shape, dtype=torch.bool, device=logits.device)
-    for j in range(logits.shape[0]):
+    own, mask = out[:, class_index], None
+    for j in range(out.shape[1]):
         if j != class_index:
-            mask &= own > logits[j] if j < class_index else own >= logits[j]
+            beats = own > out[:, j] if j < class_index else own >= out[:, j]
+            mask = beats if mask is None else mask.logical_and_(beats)
     return mask
 
 
