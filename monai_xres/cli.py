@@ -33,7 +33,7 @@ class CliError(Exception):
 
 
 def method_configs(methods: Sequence[str], pool_size: Sequence[int] = (2,), pool_mode: str = "mean",
-                   n_masks: int = 200, grid_size: Sequence[int] = (6, 6, 3)) -> dict[str, dict[str, Any]]:
+                   n_masks: int = 200, grid_size: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
     """``SaliencyWriter`` explainer configs, named as the output files will be."""
     pool: Any = pool_size[0] if len(pool_size) == 1 else list(pool_size)
     window = "x".join(str(p) for p in pool_size)
@@ -42,9 +42,11 @@ def method_configs(methods: Sequence[str], pool_size: Sequence[int] = (2,), pool
                  {"method": "segxrescam", "pool_size": pool, "pool_mode": pool_mode}),
         "hirescam": ("segxrescam-w1", {"method": "hirescam"}),
         "gradcam": ("seggradcam", {"method": "seggradcam"}),
-        "rise": ("segrise", {"method": "segrise", "n_masks": n_masks, "grid_size": list(grid_size), "p_keep": 0.5,
-                             "batch_size": 8, "score": "dice", "seed": 0}),
+        "rise": ("segrise", {"method": "segrise", "n_masks": n_masks, "p_keep": 0.5, "batch_size": 8,
+                             "score": "dice", "seed": 0}),
     }
+    if grid_size is not None:  # else SegRISE's default, 7 cells per axis in 2D or 3D
+        table["rise"][1]["grid_size"] = list(grid_size)
     return dict(table[m] for m in methods)
 
 
@@ -262,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "demo":
-            methods = method_configs(["hirescam", "xres", "gradcam", "rise"], n_masks=args.rise_masks)
+            methods = method_configs(["hirescam", "xres", "gradcam", "rise"], n_masks=args.rise_masks,
+                                     grid_size=(6, 6, 3))  # fewer cells along the thick-slice axis
             print(f"Explaining the spleen (class 1) of {DEMO_CASE.name} with {', '.join(methods)} ...")
             writer = run_bundle(DEMO_BUNDLE, str(DEMO_CASE), args.output_dir, methods, {"class_index": 1})
             return _report(writer, args.output_dir)
