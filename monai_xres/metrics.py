@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 
 from monai_xres.base import Explainer, preserved_model_state
 from monai_xres.maps import normalize
-from monai_xres.rise import _class_mask
 from monai_xres.similarity import agreement, map_ssim, rank_correlation
-from monai_xres.targets import RegionTarget, predicted_class_mask
+from monai_xres.targets import RegionTarget, batch_class_mask, predicted_class_mask
 
 __all__ = ["MaskingCurve", "PerturbationCurve", "RegionReference", "agreement", "auc", "deletion_insertion",
            "locality", "map_ssim", "masking_curve", "predict", "rank_correlation", "saliency_order", "spacing_of"]
@@ -105,7 +104,7 @@ class RegionReference:
     def __call__(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Region score and region Dice, float64 ``(b,)`` each, of outputs ``(b, C, *spatial)``."""
         scores = torch.stack([self.target.score(o.float(), self.region) for o in out]).double()
-        new = _class_mask(out, self.target.class_index) & self.area
+        new = batch_class_mask(out, self.target.class_index) & self.area
         dims = tuple(range(1, new.ndim))
         inter = (new & self.predicted).sum(dims, dtype=torch.float64)
         total = new.sum(dims, dtype=torch.float64) + self.predicted.sum(dtype=torch.float64)

@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.receptive_field import crop_window, network_stride, receptive_field_radius
 from monai_xres.rise_masks import CELL_DRAWS, INTERPOLATIONS, MaskSpec, mask_windows
-from monai_xres.rise_scores import SCORES, class_mask, region_scorer
+from monai_xres.rise_scores import SCORES, region_scorer
 from monai_xres.targets import RegionTarget, predicted_class_mask
 
 __all__ = ["SegRISE"]
 
-_class_mask = class_mask  # the name monai_xres.metrics imports
 Masks = torch.Tensor | Iterable[torch.Tensor]
 
 
