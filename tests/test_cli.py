@@ -65,3 +65,19 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
         main(["explain", "--bundle", bundle, "--image", str(CASE), "--class", "1", "--method", "occlusion",
               "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_evaluate_command_writes_a_table_with_every_method_and_metric(tmp_path, capsys):
+    from monai_xres.evaluate import EvaluationSettings, default_methods, metric_names
+
+    label = str(DEMO_CASE).replace("images", "labels")
+    assert main(["evaluate", "--image", str(DEMO_CASE), "--label", label, "--rise-masks", "4", "--steps", "2",
+                 "--randomisation-steps", "1", "--output-dir", str(tmp_path)]) == 0
+    table = (tmp_path / "faithfulness.md").read_text()
+    assert table in capsys.readouterr().out
+    for method in default_methods(rise_masks=4):
+        assert f"| {method} |" in table
+    with open(tmp_path / "faithfulness.csv") as f:
+        header = f.readline()
+    for metric in metric_names(EvaluationSettings(n_steps=2, randomisation_steps=1)):
+        assert metric in header, metric
