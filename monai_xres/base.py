@@ -12,7 +12,7 @@ from torch import nn
 
 from monai_xres.targets import RegionTarget, as_target_list
 
-__all__ = ["Explainer", "Explanation", "network_errors", "preserved_model_state"]
+__all__ = ["Explainer", "Explanation", "network_errors", "per_axis", "preserved_model_state"]
 
 
 @dataclass
@@ -32,6 +32,13 @@ class Explanation:
     regions: list[torch.Tensor]
     scores: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def per_axis(value: Any, n_dims: int, low: int = 1) -> tuple[int, ...] | None:
+    """``value`` as one int per spatial axis (an int is repeated), or None if it is not ints >= ``low``."""
+    values = (value,) * n_dims if isinstance(value, int) else tuple(value)
+    ok = len(values) == n_dims and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values)
+    return values if ok else None
 
 
 @contextlib.contextmanager

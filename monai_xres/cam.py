@@ -17,7 +17,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple
 from torch import nn
 
-from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
+from monai_xres.base import Explainer, Explanation, network_errors, per_axis, preserved_model_state
 from monai_xres.layers import Reshape, TargetLayer, resolve_layer
 from monai_xres.maps import resize_linear
 from monai_xres.sliding import check_inferer, sliding_cam
@@ -53,8 +53,8 @@ def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -
 
 
 def _window(pool_size: PoolSize, n_dims: int) -> tuple[int, ...]:
-    window = (pool_size,) * n_dims if isinstance(pool_size, int) else tuple(pool_size)
-    if len(window) != n_dims or not all(isinstance(w, int) and w >= 1 for w in window):
+    window = per_axis(pool_size, n_dims)
+    if window is None:
         raise ValueError(f"pool_size must be 'global', a positive int or {n_dims} positive ints for a "
                          f"{n_dims}D feature map, got {pool_size!r}.")
     return window

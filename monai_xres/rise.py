@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
+from monai_xres.base import Explainer, Explanation, network_errors, per_axis, preserved_model_state
 from monai_xres.receptive_field import crop_window, network_stride, receptive_field_radius
 from monai_xres.rise_masks import CELL_DRAWS, INTERPOLATIONS, MaskSpec, mask_windows
 from monai_xres.rise_scores import SCORES, region_scorer
@@ -31,9 +31,8 @@ Masks = torch.Tensor | Iterable[torch.Tensor]
 
 
 def _per_axis(value: int | Sequence[int], n_dims: int, name: str, low: int) -> tuple[int, ...]:
-    values = (value,) * n_dims if isinstance(value, int) else tuple(value)
-    if len(values) != n_dims or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low
-                                        for v in values):
+    values = per_axis(value, n_dims, low)
+    if values is None:
         raise ValueError(f"{name} must be an int >= {low} or {n_dims} of them (one per spatial axis), "
                          f"got {value!r}.")
     return values
