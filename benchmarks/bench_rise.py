@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 
 from monai_xres import RegionTarget
-from monai_xres.rise import SegRISE
+from monai_xres.explainers.rise import SegRISE
 
 
 def spleen_unet(dims: int) -> UNet:

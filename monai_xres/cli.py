@@ -1,9 +1,9 @@
 """``monai-xres``: explain a MONAI bundle's segmentation of a scan from the command line.
 
 ``demo`` runs the shipped 3D UNet bundle on a shipped sample case; ``explain`` runs any bundle laid out
-like the model zoo's ``spleen_ct_segmentation`` on any scan. Both are thin: they run the bundle's own
-``inference.json`` with the ``explain.json`` overlay (``SaliencyWriter``) through MONAI's bundle
-workflow, with command-line values as config overrides.
+like the model zoo's ``spleen_ct_segmentation`` on any scan; ``evaluate`` writes the faithfulness table.
+The commands are thin: argument checks, then :mod:`monai_xres.apps` (bundle runs, cohorts, the demo).
+Method names come from :mod:`monai_xres.explainers.registry`.
 """
 
 from __future__ import annotations
@@ -16,38 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_xres.apps.runner import UsageError, method_configs, run_bundle
 from monai_xres.distributed import launched_by_torchrun
+from monai_xres.explainers.registry import get_method, method_choices
 
-__all__ = ["main", "method_configs", "run_bundle"]
+__all__ = ["CliError", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GENERIC_OVERLAY = Path(__file__).resolve().parent / "configs" / "explain.json"
-DEMO_BUNDLE = REPO_ROOT / "bundles" / "ct_spleen_unet3d"
-DEMO_CASE = REPO_ROOT / "sample_data" / "images" / "case_0900.nii.gz"
-
-METHODS = ("xres", "hirescam", "gradcam", "rise")
+CliError = UsageError  # a user error: printed as one line, exit status 2
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-def method_configs(methods: Sequence[str], pool_size: Sequence[int] = (2,), pool_mode: str = "mean",
-                   n_masks: int = 200, grid_size: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
-    """``SaliencyWriter`` explainer configs, named as the output files will be."""
-    pool: Any = pool_size[0] if len(pool_size) == 1 else list(pool_size)
-    window = "x".join(str(p) for p in pool_size)
-    table = {
-        "xres": (f"segxrescam-w{window}" + ("" if pool_mode == "mean" else "-max"),
-                 {"method": "segxrescam", "pool_size": pool, "pool_mode": pool_mode}),
-        "hirescam": ("segxrescam-w1", {"method": "hirescam"}),
-        "gradcam": ("seggradcam", {"method": "seggradcam"}),
-        "rise": ("segrise", {"method": "segrise", "n_masks": n_masks, "p_keep": 0.5, "batch_size": 8,
-                             "score": "dice", "seed": 0}),
-    }
-    if grid_size is not None:  # else SegRISE's default, 7 cells per axis in 2D or 3D
-        table["rise"][1]["grid_size"] = list(grid_size)
-    return dict(table[m] for m in methods)
+def _methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The explainer configs of ``--method`` (deprecated names are mapped, with a note on stderr)."""
+    names = []
+    for name in args.method:
+        canonical = get_method(name).name
+        if canonical != name:
+            print(f"monai-xres: note: --method {name} is deprecated, use --method {canonical}", file=sys.stderr)
+        names.append(canonical)
+    return method_configs(names, pool_size=args.pool_size, pool_mode=args.pool_mode, n_masks=args.n_masks)
 
 
 def _region(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,81 +68,30 @@ def _check_scan(path: str) -> str:
     return path
 
 
-def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: dict[str, dict],
-               region: dict[str, Any], label: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    """Run ``bundle``'s ``inference.json`` + explain overlay on one scan; returns the ``SaliencyWriter``.
-
-    ``overrides``: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun."""
-    from monai.bundle import ConfigWorkflow
-
-    bundle = Path(bundle).resolve()
-    inference = bundle / "configs" / "inference.json"
-    if not inference.is_file():
-        raise CliError(f"{bundle} is not a MONAI bundle: configs/inference.json is missing.")
-    overlay = bundle / "configs" / "explain.json"
-    overlay = overlay if overlay.is_file() else GENERIC_OVERLAY
-    case = {"image": image, **({"label": label} if label else {})}
-    meta = bundle / "configs" / "metadata.json"
-    workflow = ConfigWorkflow(
-        config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
-        workflow_type="inference", bundle_root=str(bundle), output_dir=os.path.abspath(output_dir),
-        **{"dataset#data": [case], "explain_methods": methods, "explain_region": region, **(overrides or {})})
-    workflow.initialize()
-    workflow.run()
-    writer = workflow.parser.get_parsed_content("explain_writer")
-    workflow.finalize()
-    return writer
-
-
-def evaluate_bundle(bundle: str | os.PathLike, images: Sequence[str], labels: Sequence[str], output_dir: str,
-                    regions: list[dict], rise_masks: int = 100, n_steps: int = 10, randomisation_steps: int = 2,
-                    halves: bool = False) -> Any:
-    """Faithfulness table (:func:`monai_xres.evaluate.evaluate`) of a bundle's network on scans and label maps.
-
-    Each scan goes through the bundle's own ``preprocessing``; its label map is placed on that grid through
-    world coordinates; both are padded to the network's total stride (MONAI ``DivisiblePad``)."""
-    import torch
-    from monai.bundle import ConfigParser
-    from monai.transforms import DivisiblePad
-
-    from monai_xres.evaluate import EvaluationSettings, default_methods, evaluate
-    from monai_xres.receptive_field import network_stride
-    from monai_xres.regions import _label_file_on_grid
-
-    bundle = Path(bundle).resolve()
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    network = parser.get_parsed_content("network_def")
-    weights = bundle / "models" / "model.pt"
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    network.eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
-    pad = DivisiblePad(k=network_stride(network, 3))
-
-    def cases():
-        for image, label in zip(images, labels):
-            scan = preprocessing({"image": image})["image"]
-            yield pad(scan)[None], pad(_label_file_on_grid(label, scan)), Path(image).name.split(".")[0]
-
-    settings = EvaluationSettings(n_steps=n_steps, randomisation_steps=randomisation_steps, halves=halves)
-    return evaluate(cases(), network, default_methods(rise_masks=rise_masks), regions, output_dir, settings)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    images = args.image or sorted(str(p) for p in (REPO_ROOT / "sample_data" / "images").glob("*.nii.gz"))
-    labels = args.label or [str(REPO_ROOT / "sample_data" / "labels" / Path(i).name) for i in images]
+    from monai_xres.apps.demo import sample_cases
+    from monai_xres.apps.runner import evaluate_bundle
+
+    images = args.image or [str(image) for image, _ in sample_cases()]
+    labels = args.label or ([str(label) for _, label in sample_cases()] if not args.image else [])
     if len(images) != len(labels):
         raise CliError(f"give one --label per --image ({len(images)} images, {len(labels)} labels).")
     for path in [*images, *labels]:
         _existing(path, "file")
     value = args.class_index if args.label_value is None else args.label_value
     regions = [{"class_index": args.class_index, "region_key": "label", "label_value": value}]
-    evaluate_bundle(args.bundle, images, labels, args.output_dir, regions, args.rise_masks, args.steps,
+    evaluate_bundle(_bundle(args.bundle), images, labels, args.output_dir, regions, args.rise_masks, args.steps,
                     args.randomisation_steps, args.halves)
     print(f"Wrote {os.path.join(os.path.abspath(args.output_dir), 'faithfulness.md')} (+ .csv, curves, PNG plots)")
     print(Path(args.output_dir, "faithfulness.md").read_text())
     return 0
+
+
+def _bundle(path: str | None) -> str:
+    """A bundle folder, or the demo bundle when none is given."""
+    from monai_xres.apps.demo import demo_bundle
+
+    return str(demo_bundle()) if path is None else path
 
 
 def _report(writer: Any, output_dir: str) -> int:
@@ -177,7 +112,7 @@ def _report(writer: Any, output_dir: str) -> int:
 
 def _cohort(args: argparse.Namespace) -> int:
     """``explain --datalist``: every case of the list, split across torchrun's ranks; rank 0 reports."""
-    from monai_xres.cohort import read_datalist, run_cohort
+    from monai_xres.apps.cohort import read_datalist, run_cohort
 
     if args.label is not None:
         raise CliError("--label names one scan's label map: with --datalist, use --class, --box, --point or "
@@ -188,8 +123,7 @@ def _cohort(args: argparse.Namespace) -> int:
         cases = read_datalist(args.datalist)
     except ValueError as e:
         raise CliError(str(e)) from e
-    methods = method_configs(args.method, args.pool_size, args.pool_mode, args.n_masks)
-    total = run_cohort(args.bundle, cases, args.output_dir, methods, _region(args), args.overwrite)
+    total = run_cohort(args.bundle, cases, args.output_dir, _methods(args), _region(args), args.overwrite)
     if total is None:  # ranks other than 0: rank 0 reports for all
         return 0
     print(f"\nCohort of {len(cases)} scans on {total['processes']} process(es): {total['done']} explained, "
@@ -204,7 +138,8 @@ def _mask_parallel(args: argparse.Namespace, image: str, label: str | None, meth
     """``explain --image`` under torchrun: one scan, its RISE masks split across the ranks.
 
     Every rank runs the bundle on the scan (collectives need all of them); only rank 0 keeps its files."""
-    from monai_xres.distributed import mask_parallel_methods, process_group, rank_device
+    from monai_xres.apps.runner import mask_parallel_methods
+    from monai_xres.distributed import process_group, rank_device
 
     device = rank_device()
     overrides = {"device": f"$torch.device('{device}')"} if device.type == "cuda" else {}
@@ -214,13 +149,7 @@ def _mask_parallel(args: argparse.Namespace, image: str, label: str | None, meth
     return _report(writer, args.output_dir) if rank == 0 else int(bool(writer.errors))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="monai-xres", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="explain the sample 3D UNet bundle on a sample CT case")
-    demo.add_argument("--output-dir", default="outputs")
-    demo.add_argument("--rise-masks", type=int, default=200, help="RISE masks (default 200)")
-    ex = sub.add_parser("explain", help="explain any bundle's segmentation of a scan")
+def _explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--bundle", required=True, help="bundle folder (configs/inference.json inside)")
     scans = ex.add_mutually_exclusive_group(required=True)
     scans.add_argument("--image", help="scan: NIfTI, NRRD, MHA or a DICOM folder")
@@ -237,14 +166,24 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--label-value", type=int, help="label value (default: the class)")
     ex.add_argument("--mm", action="store_true", help="--box/--point are world millimetres (RAS)")
     ex.add_argument("--connected", action="store_true", help="explain the predicted component under the point")
-    ex.add_argument("--method", choices=METHODS, nargs="+", default=["xres"])
-    ex.add_argument("--pool-size", type=int, nargs="+", default=[2], help="Seg-XRes-CAM window (per axis)")
-    ex.add_argument("--pool-mode", choices=("mean", "max"), default="mean")
-    ex.add_argument("--n-masks", type=int, default=200, help="RISE masks")
+    ex.add_argument("--method", choices=method_choices(), nargs="+", default=["segxrescam"],
+                    metavar="METHOD", help=f"one or more of {', '.join(method_choices())} (default segxrescam)")
+    ex.add_argument("--pool-size", type=int, nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
+    ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
+    ex.add_argument("--n-masks", type=int, help="RISE masks (default 200)")
     ex.add_argument("--output-dir", required=True)
     ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monai-xres", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="explain the sample 3D UNet bundle on a sample CT case")
+    demo.add_argument("--output-dir", default="outputs")
+    demo.add_argument("--rise-masks", type=int, default=200, help="RISE masks (default 200)")
+    _explain_arguments(sub.add_parser("explain", help="explain any bundle's segmentation of a scan"))
     ev = sub.add_parser("evaluate", help="faithfulness table of every method on a bundle and scans")
-    ev.add_argument("--bundle", default=str(DEMO_BUNDLE))
+    ev.add_argument("--bundle", help="bundle folder (default: the shipped 3D UNet bundle)")
     ev.add_argument("--image", nargs="+", help="scans (default: the sample cases)")
     ev.add_argument("--label", nargs="+", help="their label maps (default: the sample labels)")
     ev.add_argument("--class", dest="class_index", type=int, default=1)
@@ -264,22 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "demo":
-            methods = method_configs(["hirescam", "xres", "gradcam", "rise"], n_masks=args.rise_masks,
-                                     grid_size=(6, 6, 3))  # fewer cells along the thick-slice axis
-            print(f"Explaining the spleen (class 1) of {DEMO_CASE.name} with {', '.join(methods)} ...")
-            writer = run_bundle(DEMO_BUNDLE, str(DEMO_CASE), args.output_dir, methods, {"class_index": 1})
-            return _report(writer, args.output_dir)
+            from monai_xres.apps.demo import run_demo
+
+            return _report(run_demo(args.output_dir, args.rise_masks), args.output_dir)
         if args.box is not None and len(args.box) % 2:
             raise CliError(f"--box needs start and end coordinates (an even count), got {len(args.box)} values.")
         if args.datalist is not None:
             return _cohort(args)
         image = _check_scan(args.image)
         label = _existing(args.label, "label map") if args.label else None
-        methods = method_configs(args.method, args.pool_size, args.pool_mode, args.n_masks)
+        methods = _methods(args)
         if launched_by_torchrun():
             return _mask_parallel(args, image, label, methods)
-        writer = run_bundle(args.bundle, image, args.output_dir, methods, _region(args), label)
-        return _report(writer, args.output_dir)
+        return _report(run_bundle(args.bundle, image, args.output_dir, methods, _region(args), label),
+                       args.output_dir)
     except CliError as e:
         print(f"monai-xres: error: {e}", file=sys.stderr)
         return 2

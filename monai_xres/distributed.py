@@ -5,15 +5,14 @@ Launched by ``torchrun`` (``WORLD_SIZE`` set), :func:`process_group` joins the g
 available and ``gloo`` otherwise, puts each rank on its own GPU (``LOCAL_RANK``) and destroys the group at
 the end. Not launched by torchrun, everything runs in the one process, with no group.
 
-:class:`MaskParallelSegRISE` splits one scan's RISE masks across the ranks: each rank evaluates its
-own block of the same seeded mask sequence and the float64 partial sums are added with ``all_reduce``.
+Mask-parallel RISE (one scan's masks split across the ranks) is
+:class:`monai_xres.explainers.rise_parallel.MaskParallelSegRISE`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,9 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from monai_xres.rise import SegRISE
-
-__all__ = ["MaskParallelSegRISE", "backend", "gather_objects", "launched_by_torchrun", "process_group",
+__all__ = ["backend", "gather_objects", "launched_by_torchrun", "process_group",
            "rank_and_world", "rank_device", "shard"]
 
 # ranks finish their shards at different times and then wait in the final gather: the default
@@ -96,69 +93,3 @@ def gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-class MaskParallelSegRISE(SegRISE):
-    """:class:`~monai_xres.rise.SegRISE` with the masks of one scan split across the ranks of a group.
-
-    The mask batches ``[0, batch_size), [batch_size, 2 batch_size), ...`` of the seeded sequence (mask
-    ``i`` depends on ``(seed, i)`` only) are split into ``world_size`` contiguous blocks; rank ``r``
-    evaluates block ``r``, so every batch is the very batch a single process would run. The float64
-    sums (``sum score_i m_i``, ``sum score_i``, counts) are added with ``all_reduce(SUM)`` and every rank
-    returns the same map. It equals the single-process map for the same seed up to the order of the
-    float64 additions (relative differences ~1e-15). Every rank must explain the same input and target,
-    as collectives require. With no initialised group it is :class:`SegRISE`.
-
-    Args:
-        group: the process group (default: the default group).
-        args, kwargs: as :class:`~monai_xres.rise.SegRISE`; ``early_stop_tol`` is not supported (ranks
-            would stop at different masks).
-    """
-
-    def __init__(self, *args: Any, group: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.early_stop_tol is not None:
-            raise ValueError("MaskParallelSegRISE does not support early_stop_tol (each rank sees only its own "
-                             "masks): set early_stop_tol=None, or use SegRISE in one process.")
-        self.group = group
-
-    def params(self) -> dict:
-        """As :meth:`SegRISE.params`, with the number of processes sharing the masks."""
-        return super().params() | {"processes": rank_and_world(self.group)[1]}
-
-    def attribute(self, x: torch.Tensor, target: Any, masks: Any = None) -> Any:
-        """As :meth:`SegRISE.attribute`, with generated masks only."""
-        if masks is not None:
-            raise ValueError("MaskParallelSegRISE splits its own seeded masks across ranks: to use given masks, "
-                             "use SegRISE (one process).")
-        return super().attribute(x, target)
-
-    def _mask_indices(self) -> range:
-        rank, world = rank_and_world(self.group)
-        n_batches = math.ceil(self.n_masks / self.batch_size)
-        first, last = rank * n_batches // world, (rank + 1) * n_batches // world
-        return range(first * self.batch_size, min(last * self.batch_size, self.n_masks))
-
-    def _reduce_sums(self, sums: dict) -> dict:
-        if rank_and_world(self.group)[1] == 1:
-            return sums
-        sm = sums["sm"]
-        scalars = torch.tensor([sums["n_used"], sums["sum_score"], sums["mask_total"]], dtype=torch.float64,
-                               device=sm.device)
-        for tensor in (sm, sums["m"], scalars):
-            if tensor is not None:
-                dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-        n_used, sum_score, mask_total = scalars.tolist()
-        return sums | {"n_used": int(round(n_used)), "sum_score": sum_score, "mask_total": mask_total}
-
-
-def mask_parallel_methods(methods: dict[str, Any]) -> dict[str, Any]:
-    """``SaliencyWriter`` explainer configs with every ``segrise`` config made a bundle-config component of
-    :class:`MaskParallelSegRISE` on the bundle's ``@network`` (the other methods unchanged)."""
-    out: dict[str, Any] = {}
-    for name, config in methods.items():
-        if isinstance(config, dict) and str(config.get("method", "")).lower() == "segrise":
-            params = {k: v for k, v in config.items() if k != "method"}
-            config = {"_target_": "monai_xres.distributed.MaskParallelSegRISE", "network": "@network", **params}
-        out[name] = config
-    return out

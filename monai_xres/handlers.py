@@ -9,25 +9,24 @@ is logged (naming its input file) and recorded in ``errors``; the other cases ar
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from monai.data import MetaTensor, decollate_batch
-from monai.data.folder_layout import default_name_formatter
-from monai.transforms import Invertd, SaveImage
+from monai.transforms import Invertd
 from torch import nn
 
-from monai_xres.base import Explainer
-from monai_xres.overlay import overlay_centre, save_overlay
-from monai_xres.provenance import atomic_path, atomic_write_text, sha256_file, sidecar
-from monai_xres.regions import RegionSpec, as_region_spec, case_name
-from monai_xres.transforms import ExplainRegiond, Inferer, like_image, method_name
+from monai_xres.explainers.base import Explainer
+from monai_xres.explainers.registry import build_explainer, name_of
+from monai_xres.output.overlay import overlay_centre, save_overlay
+from monai_xres.output.provenance import sha256_file, sidecar
+from monai_xres.output.writer import atomic_write_text, map_path, save_map
+from monai_xres.regions.spec import RegionSpec, as_region_spec, case_name
+from monai_xres.transforms import ExplainRegiond, Inferer, like_image
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -36,32 +35,17 @@ __all__ = ["SaliencyWriter", "build_explainer"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = {"segxrescam": "monai_xres.cam.SegXResCAM", "hirescam": "monai_xres.cam.HiResCAM",
-            "seggradcam": "monai_xres.cam.SegGradCAM", "segrise": "monai_xres.rise.SegRISE"}
 _CASE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
-
-
-def build_explainer(config: Explainer | Mapping[str, Any], network: nn.Module | None) -> Explainer:
-    """An explainer, or one built from ``{"method": "SegXResCAM", **parameters}`` for ``network``."""
-    if isinstance(config, Explainer):
-        return config
-    params = dict(config)
-    method = str(params.pop("method", "")).lower()
-    if method not in _METHODS:
-        raise ValueError(f"Unknown method {method!r}: use one of {sorted(_METHODS)} as config['method'].")
-    if network is None:
-        raise ValueError("An explainer config needs the network: attach the writer to an evaluator (its "
-                         "network is used) or pass network=...")
-    module, name = _METHODS[method].rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)(network, **params)
 
 
 class SaliencyWriter:
     """Write explanations of each evaluated case as NIfTI aligned to the scan, with overlay and sidecar.
 
     Args:
-        explainers: ``{name: explainer or {"method": ..., **params}}`` (a config is built with the
-            engine's network on :meth:`attach`); one explainer alone is named after its method.
+        explainers: ``{name: explainer or {"method": ..., **params}}`` (``method`` a name of
+            :mod:`~monai_xres.explainers.registry`); one explainer alone is named after its method. Configs
+            are built with ``network`` at construction, or else with the engine's network when the engine
+            starts (``Events.STARTED``; MONAI's evaluators set ``engine.network`` after attaching handlers).
         regions: ``{name: RegionSpec, dict of its fields, or class index}``; one spec alone is named by
             its ``label``.
         output_dir: root folder; files go to ``<output_dir>/<case>/<case>_<method>_<region>.nii.gz``
@@ -74,7 +58,7 @@ class SaliencyWriter:
         separate_folder, data_root_dir: as MONAI's ``SaveImage``.
         overlay, write_sidecar: also write the PNG overlay / the JSON sidecar.
         model_file: the weights file, for the sidecar's SHA-256.
-        network: for explainer configs when not attached to an engine.
+        network: the network explainer configs are built for (bundle overlays pass ``"@network"``).
         raise_errors: raise a case's error instead of logging it and going on.
 
     Attributes:
@@ -92,7 +76,7 @@ class SaliencyWriter:
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
                  network: nn.Module | None = None, raise_errors: bool = False) -> None:
         if isinstance(explainers, Explainer):
-            explainers = {method_name(explainers): explainers}
+            explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
             raise ValueError("explainers must be {name: explainer or config} with at least one entry.")
         self._configs = dict(explainers)
@@ -122,19 +106,23 @@ class SaliencyWriter:
         self.explainers = {str(k): build_explainer(v, network) for k, v in self._configs.items()}
 
     def attach(self, engine: Engine) -> None:
-        """Explain and write after every iteration of ``engine`` (``Events.ITERATION_COMPLETED``)."""
+        """Explain and write after every iteration of ``engine`` (``Events.ITERATION_COMPLETED``); build
+        explainer configs with ``engine.network`` when it starts, if no network was given."""
         from ignite.engine import Events
 
-        if not self.explainers and getattr(engine, "network", None) is not None:
-            self._build(engine.network)
         if self.transform is None:
             self.transform = getattr(getattr(getattr(engine, "data_loader", None), "dataset", None), "transform", None)
+        if not self.explainers and not engine.has_event_handler(self.build_for, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self.build_for)
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
-        if not self.explainers:  # MONAI's evaluators attach handlers before they set engine.network
+    def build_for(self, engine: Engine) -> None:
+        """Build the explainer configs with ``engine.network`` (registered on ``Events.STARTED`` by :meth:`attach`)."""
+        if not self.explainers:
             self._build(getattr(engine, "network", None))
+
+    def __call__(self, engine: Engine) -> None:
         for data in self._cases(engine.state.batch, engine.state.output):
             self.write_case(data)
 
@@ -210,20 +198,13 @@ class SaliencyWriter:
         return {k: out[f"__xres_{k}__"] for k in maps}
 
     def _save(self, saliency: MetaTensor, postfix: str) -> str:
-        saver = SaveImage(self.output_dir, output_postfix=postfix, output_ext=self.output_ext,
-                          output_dtype=np.float32, resample=False, separate_folder=self.separate_folder,
-                          print_log=False, squeeze_end_dims=False, data_root_dir=self.data_root_dir,
-                          writer="ITKWriter", channel_dim=None)
-        final = os.fspath(saver.folder_layout.filename(**default_name_formatter(saliency.meta, saver)))
+        layout = (self.output_dir, postfix, self.output_ext, self.separate_folder, self.data_root_dir)
+        final = map_path(saliency.meta, *layout)
         source, other = str(saliency.meta.get("filename_or_obj", "")), self._sources.get(final)
         if other is not None and other != source:
             raise ValueError(f"{final} was already written for {other}, another input with the same file name: "
                              "set data_root_dir=... (keeps the inputs' sub-folders) or rename the inputs.")
-        # drop the channel, keep trailing singleton axes: a one-slice scan stays a 3D file with its z origin
-        # (ITKWriter does so with channel_dim=None; NibabelWriter would add a 4th axis)
-        with atomic_path(final, self.output_ext) as tmp, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*SaveImage `channel_dim` is set to None")  # intended
-            saver(saliency[0].cpu(), filename=tmp[: -len(self.output_ext)])
+        save_map(saliency, *layout)
         self._sources[final] = source
         if final not in self.written:
             self.written.append(final)

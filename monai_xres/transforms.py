@@ -1,7 +1,7 @@
 """Dictionary transforms: explanations inside MONAI pipelines, as MetaTensors that ``Invertd`` maps back.
 
-The array logic stays in the explainers (:class:`~monai_xres.cam.SegXResCAM`,
-:class:`~monai_xres.rise.SegRISE`); these adapters read one case from the data dictionary, resolve its
+The array logic stays in the explainers (:class:`~monai_xres.explainers.cam.SegXResCAM`,
+:class:`~monai_xres.explainers.rise.SegRISE`); these adapters read one case from the data dictionary, resolve its
 region (:class:`~monai_xres.regions.RegionSpec`), add and remove the batch axis, and return the map as a
 ``MetaTensor`` ``(1, *spatial)`` carrying the image's metadata and transform history. ``Invertd`` with
 ``orig_keys=<image key>`` then maps it back to the original scan like the prediction. Configs should use
@@ -34,23 +34,21 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from torch import nn
 
-from monai_xres.base import Explainer, Explanation, network_errors, preserved_model_state
-from monai_xres.cam import SegXResCAM
-from monai_xres.regions import RegionSpec, as_region_spec, case_name
-from monai_xres.targets import RegionTarget, predicted_class_mask
+from monai_xres.explainers.base import Explainer, Explanation, predict
+from monai_xres.explainers.cam import SegXResCAM
+from monai_xres.explainers.registry import name_of
+from monai_xres.explainers.rise import SegRISE
+from monai_xres.regions.scores import predicted_class_mask
+from monai_xres.regions.spec import RegionSpec, as_region_spec, case_name
+from monai_xres.regions.target import RegionTarget
 
-__all__ = ["ExplainRegiond", "SegRISEd", "SegXResCAMd", "method_name"]
+__all__ = ["ExplainRegiond", "SegRISEd", "SegXResCAMd", "like_image"]
 
 Inferer = Callable[[torch.Tensor, nn.Module], Any]
 
 
-def method_name(explainer: Explainer) -> str:
-    """Lower-case class name of the explainer (``segxrescam``, ``segrise``), used in keys and file names."""
-    return type(explainer).__name__.lower()
-
-
 class ExplainRegiond(MapTransform):
-    """Explain one region of one case with any :class:`~monai_xres.base.Explainer`.
+    """Explain one region of one case with any :class:`~monai_xres.explainers.base.Explainer`.
 
     Args:
         keys: the image key, one key; the image is ``(C, *spatial)``, preprocessed for the network.
@@ -87,7 +85,7 @@ class ExplainRegiond(MapTransform):
         self.image_key = self.keys[0]
         self.explainer = explainer
         self.region = as_region_spec(region)
-        self.output_key = output_key or f"saliency_{method_name(explainer)}"
+        self.output_key = output_key or f"saliency_{name_of(explainer)}"
         windowed = explainer.with_inferer(inferer) if inferer is not None else None
         if windowed is not None:  # the explainer follows the inferer's windows itself
             self.explainer, inferer = windowed, None
@@ -165,14 +163,8 @@ class ExplainRegiond(MapTransform):
         """The slice where the network predicts the most voxels of the class (through its inferer, if any)."""
         axis, network = self._axis(x), self.explainer.network
         inferer = getattr(self.explainer, "inferer", None) or self.inferer
-        areas = []
-        with torch.no_grad(), preserved_model_state(network):
-            for k in range(x.shape[axis + 1]):
-                piece = x.select(axis + 1, k)[None]
-                with network_errors(piece):
-                    out = network(piece) if inferer is None else inferer(piece, network)
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                areas.append(int(predicted_class_mask(out[0], target.class_index).sum()))
+        areas = [int(predicted_class_mask(predict(network, x.select(axis + 1, k)[None], inferer)[0],
+                                          target.class_index).sum()) for k in range(x.shape[axis + 1])]
         return int(np.argmax(areas))
 
     def _drop_slice_axis(self, x: torch.Tensor, target: RegionTarget, index: int
@@ -203,14 +195,8 @@ class ExplainRegiond(MapTransform):
 
     def _inferred_target(self, x: torch.Tensor, target: RegionTarget) -> RegionTarget:
         """The region under the inferer's prediction, frozen as a mask so the explainer scores exactly it."""
-        network = self.explainer.network
-        with torch.no_grad(), preserved_model_state(network):
-            logits = self.inferer(x, network)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        logits = logits.as_tensor() if isinstance(logits, MetaTensor) else logits
-        region = target.region(logits[0].detach(), None)
-        return RegionTarget(target.class_index, mask=region, restrict_to_prediction=False, softmax=target.softmax)
+        logits = predict(self.explainer.network, x, self.inferer)
+        return target.frozen(target.region(logits[0], None))
 
 
 def like_image(values: torch.Tensor, image: torch.Tensor) -> MetaTensor:
@@ -223,12 +209,12 @@ def like_image(values: torch.Tensor, image: torch.Tensor) -> MetaTensor:
 
 
 class SegXResCAMd(ExplainRegiond):
-    """Seg-XRes-CAM of a region (see :class:`~monai_xres.cam.SegXResCAM` and :class:`ExplainRegiond`).
+    """Seg-XRes-CAM of a region (see :class:`~monai_xres.explainers.cam.SegXResCAM` and :class:`ExplainRegiond`).
 
     Args:
         keys: the image key.
         network: the segmentation network.
-        target_layer, pool_size, pool_mode: as :class:`~monai_xres.cam.SegXResCAM` (pool 1 = HiResCAM,
+        target_layer, pool_size, pool_mode: as :class:`~monai_xres.explainers.cam.SegXResCAM` (pool 1 = HiResCAM,
             ``"global"`` = Seg-Grad-CAM).
         class_index: the class to explain.
         output_key, inferer, slice_axis, allow_missing_keys, slice_index: as :class:`ExplainRegiond`.
@@ -252,12 +238,12 @@ class SegXResCAMd(ExplainRegiond):
 
 
 class SegRISEd(ExplainRegiond):
-    """RISE for segmentation of a region (see :class:`~monai_xres.rise.SegRISE` and :class:`ExplainRegiond`).
+    """RISE for segmentation of a region (see :class:`~monai_xres.explainers.rise.SegRISE` and :class:`ExplainRegiond`).
 
     Args:
         keys: the image key.
         network: the segmentation network.
-        n_masks, grid_size, p_keep, batch_size, score, fill, seed: as :class:`~monai_xres.rise.SegRISE`.
+        n_masks, grid_size, p_keep, batch_size, score, fill, seed: as :class:`~monai_xres.explainers.rise.SegRISE`.
         rise_kwargs: further ``SegRISE`` arguments (e.g. ``{"verbose": False}``).
         class_index, output_key, inferer, slice_axis, allow_missing_keys, slice_index, region: as
             :class:`SegXResCAMd`.
@@ -269,8 +255,6 @@ class SegRISEd(ExplainRegiond):
                  class_index: int = 1, output_key: str = "saliency_segrise", inferer: Inferer | None = None,
                  slice_axis: int | None = None, allow_missing_keys: bool = False,
                  slice_index: int | None = None, **region: Any) -> None:
-        from monai_xres.rise import SegRISE  # RISE is optional for CAM-only pipelines
-
         explainer = SegRISE(network, n_masks=n_masks, grid_size=grid_size, p_keep=p_keep, batch_size=batch_size,
                             score=score, fill=fill, seed=seed, **dict(rise_kwargs or {}))
         super().__init__(keys, explainer, {"class_index": class_index, **region}, output_key, inferer,

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from monai_xres.cam import HiResCAM, SegXResCAM
+from monai_xres.explainers.cam import HiResCAM, SegXResCAM
 from monai_xres.handlers import SaliencyWriter
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

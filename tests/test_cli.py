@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from monai_xres.cli import DEMO_CASE, REPO_ROOT, main
+from monai_xres.apps.demo import demo_case
+from monai_xres.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CASE = demo_case()
 
 CASE = REPO_ROOT / "sample_data" / "images" / "case_0902.nii.gz"  # oblique, anisotropic
 
@@ -68,7 +72,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_evaluate_command_writes_a_table_with_every_method_and_metric(tmp_path, capsys):
-    from monai_xres.evaluate import EvaluationSettings, default_methods, metric_names
+    from monai_xres.evaluation import EvaluationSettings, default_methods, metric_names
 
     label = str(DEMO_CASE).replace("images", "labels")
     assert main(["evaluate", "--image", str(DEMO_CASE), "--label", label, "--rise-masks", "4", "--steps", "2",

@@ -19,10 +19,11 @@ import pytest
 import torch
 
 import monai_xres.distributed as xdist
-from monai_xres.cohort import case_outputs, explain_cohort, read_datalist, run_cohort
-from monai_xres.distributed import MaskParallelSegRISE, shard
-from monai_xres.rise import SegRISE
-from monai_xres.targets import RegionTarget
+from monai_xres.apps.cohort import case_outputs, explain_cohort, read_datalist, run_cohort
+from monai_xres.distributed import shard
+from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+from monai_xres.explainers.rise import SegRISE
+from monai_xres.regions import RegionTarget
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = sorted(str(p) for p in (REPO / "sample_data" / "images").glob("*.nii.gz"))
@@ -122,8 +123,10 @@ def test_mask_parallel_rise_alone_is_segrise_and_rejects_what_it_cannot_split(sm
 def test_mask_parallel_methods_builds_the_rise_on_the_bundle_network():
     from monai.bundle import ConfigParser
 
+    from monai_xres.apps.runner import mask_parallel_methods
+
     methods = {"segrise": {"method": "segrise", "n_masks": 7, "seed": 2}, "x": {"method": "segxrescam"}}
-    converted = xdist.mask_parallel_methods(methods)
+    converted = mask_parallel_methods(methods)
     assert converted["x"] == methods["x"]
     parser = ConfigParser({"network": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2,
                                        "kernel_size": 1}, "explain_methods": converted})
@@ -135,9 +138,10 @@ def test_mask_parallel_methods_builds_the_rise_on_the_bundle_network():
 RISE_SCRIPT = """
 import sys, torch
 from monai.networks.nets import UNet
-from monai_xres.distributed import MaskParallelSegRISE, process_group
-from monai_xres.targets import RegionTarget
-from monai_xres.rise import SegRISE
+from monai_xres.distributed import process_group
+from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+from monai_xres.regions import RegionTarget
+from monai_xres.explainers.rise import SegRISE
 
 torch.set_num_threads(1)  # as torchrun's workers: the same float32 convolutions in every process
 torch.manual_seed(0)

@@ -9,7 +9,8 @@ import torch
 from monai.data import MetaTensor
 
 from monai_xres import RegionTarget
-from monai_xres.evaluate import EvaluationSettings, _half, default_methods, evaluate, metric_names
+from monai_xres.evaluation import EvaluationSettings, default_methods, evaluate, metric_names
+from monai_xres.evaluation.run import _half
 
 SETTINGS = EvaluationSettings(n_steps=3, dilations=(0, 2), distances=(0, 3), randomisation_steps=2, batch_size=4)
 

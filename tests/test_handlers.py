@@ -18,10 +18,10 @@ from monai.data.image_writer import ITKWriter
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, DivisiblePadd, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, Spacingd
 
-from monai_xres.cam import HiResCAM
+from monai_xres.explainers.cam import HiResCAM
 from monai_xres.handlers import SaliencyWriter, build_explainer
-from monai_xres.overlay import overlay_centre, save_overlay
-from monai_xres.provenance import atomic_write_text
+from monai_xres.output.overlay import overlay_centre, save_overlay
+from monai_xres.output.writer import atomic_write_text
 from monai_xres.transforms import SegXResCAMd
 
 SHAPE = (18, 14, 9)

@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from monai_xres import HiResCAM, RegionTarget, SegXResCAM
-from monai_xres.base import Explainer, Explanation
+from monai_xres.explainers.base import Explainer, Explanation
 from monai_xres.metrics import (
     agreement,
     auc,
@@ -25,7 +25,7 @@ from monai_xres.metrics import (
     rank_correlation,
     saliency_order,
 )
-from monai_xres.randomisation import cascade_layers, randomisation_check
+from monai_xres.metrics.randomisation import cascade_layers, randomisation_check
 
 W, B = 10.0, 1.0  # BlockNet: class-1 logit = W * mean(x over the block) - B at every voxel
 

@@ -7,7 +7,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_xres import HiResCAM, RegionTarget, SegXResCAM
-from monai_xres.sliding import sliding_cam
+from monai_xres.explainers.sliding import sliding_cam
 
 
 def _pointwise() -> nn.Module:

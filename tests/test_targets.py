@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from monai_xres import RegionTarget
-from monai_xres.targets import as_target_list
+from monai_xres.regions import as_target_list
 
 
 def _logits(shape=(3, 8, 8, 6), hot=((2, 6), (2, 6), (1, 5))) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_bad_construction_and_batching():
 
 @pytest.mark.parametrize("channels", [2, 3, 5])
 def test_predicted_mask_equals_argmax_including_ties(channels):
-    from monai_xres.targets import predicted_class_mask
+    from monai_xres.regions import predicted_class_mask
 
     logits = torch.randint(0, 3, (channels, 6, 7, 5)).float()  # many exact ties
     for c in range(channels):

@@ -25,10 +25,10 @@ from monai.transforms import (
     Spacingd,
 )
 
-from monai_xres.cam import SegXResCAM
-from monai_xres.markups import read_markup
+from monai_xres.explainers.cam import SegXResCAM
+from monai_xres.regions.markups import read_markup
 from monai_xres.regions import RegionSpec, world_box_to_voxels
-from monai_xres.targets import RegionTarget
+from monai_xres.regions import RegionTarget
 from monai_xres.transforms import ExplainRegiond, SegRISEd, SegXResCAMd
 
 SHAPE = (18, 15, 9)
@@ -290,7 +290,7 @@ def test_bundle_config_builds_the_transform(case):
 
 
 def test_segrised_equals_segrise(case, net):
-    from monai_xres.rise import SegRISE
+    from monai_xres.explainers.rise import SegRISE
 
     spec = {"box": ((4, 3, 2), (10, 9, 6)), "restrict_to_prediction": False}
     params = {"n_masks": 8, "grid_size": 2, "batch_size": 4, "seed": 3}

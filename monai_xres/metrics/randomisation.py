@@ -18,10 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from monai_xres.base import Explainer
-from monai_xres.metrics import predict
-from monai_xres.similarity import map_ssim, rank_correlation
-from monai_xres.targets import RegionTarget
+from monai_xres.explainers.base import Explainer, predict
+from monai_xres.metrics.similarity import map_ssim, rank_correlation
+from monai_xres.regions.target import RegionTarget
 
 __all__ = ["RandomisationResult", "cascade_layers", "randomisation_check", "reinitialise"]
 
@@ -103,8 +102,7 @@ def randomisation_check(explainer: Explainer, x: torch.Tensor, target: RegionTar
         raise ValueError(f"The check takes one sample at a time, got a batch of {x_plain.shape[0]}: pass x[i:i+1].")
     logits = predict(explainer.network, x_plain)[0]
     region = targets[0].region(logits, affines[0])
-    fixed = RegionTarget(targets[0].class_index, mask=region, restrict_to_prediction=False,
-                         softmax=targets[0].softmax)
+    fixed = targets[0].frozen(region)
     original = explainer(x, fixed).detach()
     clone = copy.deepcopy(explainer)
     names = cascade_layers(clone.network, x_plain)

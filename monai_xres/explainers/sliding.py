@@ -14,7 +14,7 @@ stitching is re-implemented beyond summing its weights over its own windows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +23,24 @@ from monai.inferers import SlidingWindowInferer, sliding_window_inference
 from monai.utils import PytorchPadMode, fall_back_tuple, look_up_option
 from tqdm.auto import tqdm
 
-from monai_xres.base import network_errors
-from monai_xres.maps import resize_linear
-from monai_xres.targets import RegionTarget
-
-if TYPE_CHECKING:
-    from monai_xres.cam import SegXResCAM
+from monai_xres.explainers.base import network_errors
+from monai_xres.explainers.maps import resize_linear
+from monai_xres.networks import first_head
+from monai_xres.regions.target import RegionTarget
 
 __all__ = ["check_inferer", "sliding_cam"]
 
 Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
+
+
+class WindowExplainer(Protocol):
+    """What :func:`sliding_cam` needs of a CAM explainer (:class:`~monai_xres.explainers.cam.SegXResCAM`)."""
+
+    network: Any
+
+    def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor: ...
+
+    def resolve_regions(self, logits: torch.Tensor, targets: list[RegionTarget], affines: list) -> list: ...
 
 
 def check_inferer(inferer: Any) -> SlidingWindowInferer:
@@ -59,7 +67,7 @@ def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, 
 
     def predictor(window: torch.Tensor, coords: list, *args, **kwargs) -> torch.Tensor:
         windows.extend((c[0].start, tuple(c[2:])) for c in coords)
-        return network(window, *args, **kwargs)
+        return first_head(network(window, *args, **kwargs))
 
     with torch.no_grad(), network_errors(x):
         logits = sliding_window_inference(
@@ -87,7 +95,7 @@ def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions:
     return grad, [float(s.detach()) for s in scores]
 
 
-def sliding_cam(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affines: list,
+def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarget], affines: list,
                 inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
     """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring.
 

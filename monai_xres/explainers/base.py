@@ -1,18 +1,30 @@
-"""What every explainer shares: the result type, the input handling, and leaving the model as found."""
+"""The one template every explainer follows, and what they all share.
+
+:meth:`Explainer.attribute` is the frame: check the input, one :class:`~monai_xres.regions.RegionTarget` per
+sample, run the method's own step (:meth:`Explainer.explain`) with the model guarded
+(:func:`preserved_model_state`), and attach the parameters for provenance. A method implements
+``explain`` and ``params`` only (see :mod:`monai_xres.explainers.cam`, :mod:`monai_xres.explainers.rise`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import copy
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from monai_xres.targets import RegionTarget, as_target_list
+from monai_xres.networks import run_network
+from monai_xres.regions.target import RegionTarget, as_target_list
 
-__all__ = ["Explainer", "Explanation", "network_errors", "per_axis", "preserved_model_state"]
+__all__ = ["Explainer", "Explanation", "batched", "network_errors", "per_axis", "predict", "preserved_model_state"]
+
+Target = RegionTarget | Sequence[RegionTarget] | int
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +46,18 @@ class Explanation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), lazily: one batch in memory at a time."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def per_axis(value: Any, n_dims: int, low: int = 1) -> tuple[int, ...] | None:
     """``value`` as one int per spatial axis (an int is repeated), or None if it is not ints >= ``low``."""
     values = (value,) * n_dims if isinstance(value, int) else tuple(value)
@@ -47,7 +71,9 @@ def preserved_model_state(network: nn.Module, eval_mode: bool = True) -> Iterato
 
     With ``eval_mode`` the network runs in eval mode inside the block, so the explanation describes
     inference (no dropout, BatchNorm running statistics) and BatchNorm statistics are never updated.
-    Buffers are restored anyway, in case a module updates them in eval mode too.
+    Inside the block no parameter requires grad: autograd records only what depends on a tensor the
+    explainer marks (a target-layer activation, a probe input), never the weights, and no ``.grad`` is
+    made. Buffers are restored anyway, in case a module updates them in eval mode too.
     """
     modes = [(m, m.training) for m in network.modules()]
     flags = [(p, p.requires_grad) for p in network.parameters()]
@@ -55,6 +81,8 @@ def preserved_model_state(network: nn.Module, eval_mode: bool = True) -> Iterato
     if eval_mode:
         network.eval()
     try:
+        for param, _ in flags:
+            param.requires_grad_(False)
         yield
     finally:
         for module, training in modes:
@@ -82,10 +110,19 @@ def network_errors(x: torch.Tensor) -> Iterator[None]:
         ) from e
 
 
+def predict(network: nn.Module, x: torch.Tensor, inferer: Callable[..., Any] | None = None,
+            eval_mode: bool = True) -> torch.Tensor:
+    """The prediction ``(B, C, *spatial)`` for ``x``: ``network(x)`` (or ``inferer(x, network)``) under
+    ``torch.no_grad()``, in eval mode, the network left as found; first head only, detached."""
+    with preserved_model_state(network, eval_mode), torch.no_grad(), network_errors(x):
+        return run_network(network, x, inferer).detach()
+
+
 class Explainer:
     """Template of an explainer: ``explainer(x, target) -> (B, 1, *spatial)``.
 
-    Subclasses implement :meth:`attribute`, which returns an :class:`Explanation`.
+    Subclasses implement :meth:`explain` (the method's own step, on a checked input with the model
+    guarded) and :meth:`params` (its parameters, for provenance).
 
     Args:
         network: the segmentation network, ``(B, C_in, *spatial) -> (B, C, *spatial)``.
@@ -98,21 +135,61 @@ class Explainer:
         self.network = network
         self.eval_mode = eval_mode
 
-    def __call__(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, target: Target) -> torch.Tensor:
         """Saliency map ``(B, 1, *spatial of x)``, float32, of ``target`` for input ``x`` ``(B, C_in, *spatial)``."""
         return self.attribute(x, target).saliency
 
-    def attribute(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int) -> Explanation:
+    def attribute(self, x: torch.Tensor, target: Target, **options: Any) -> Explanation:
+        """Explain ``target`` for ``x`` ``(B, C_in, *spatial)``: the whole :class:`Explanation`.
+
+        ``options`` are the method's own (see its :meth:`explain`). The network is left exactly as
+        found, hooks included, also when the method raises.
+        """
+        with torch.inference_mode(False):
+            x, targets, affines = self.prepare(x, target)
+            with preserved_model_state(self.network, self.eval_mode):
+                explanation = self.explain(x, targets, affines, **options)
+        explanation.info = {**self.params(), **explanation.info}
+        return explanation
+
+    def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any], **options: Any
+                ) -> Explanation:
+        """The method's step: ``x`` a plain float tensor, one target and affine (or None) per sample."""
         raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameters, JSON-friendly (for provenance sidecars)."""
+        return {"method": type(self).__name__}
+
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        """Whether the constructor takes a keyword ``name`` (surfaces pass shared options only where taken)."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return name in parameters and parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                inspect.Parameter.KEYWORD_ONLY)
 
     def with_inferer(self, inferer: Any) -> Explainer | None:
         """A copy of this explainer that explains ``inferer``'s stitched output, or None if the method cannot
         (adapters then use the inferer only to find the region)."""
         return None
 
+    def replace(self, **changes: Any) -> Explainer:
+        """A copy with some attributes changed; caches are the copy's own (nothing is shared but the network)."""
+        clone = copy.copy(self)
+        clone.__dict__.update(changes)
+        clone.reset_caches()
+        return clone
+
+    def reset_caches(self) -> None:
+        """Forget what was measured on earlier inputs (a subclass with caches empties them here)."""
+
+    def forward(self, x: torch.Tensor, inferer: Callable[..., Any] | None = None) -> torch.Tensor:
+        """The detached prediction for ``x`` through ``inferer`` (default: none), no autograd."""
+        with torch.no_grad(), network_errors(x):
+            return run_network(self.network, x, inferer).detach()
+
     @staticmethod
-    def prepare(x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int
-                ) -> tuple[torch.Tensor, list[RegionTarget], list[Any]]:
+    def prepare(x: torch.Tensor, target: Target) -> tuple[torch.Tensor, list[RegionTarget], list[Any]]:
         """Check the input; plain tensor, one target per sample, and each sample's affine (or None)."""
         if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4, 5):
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__

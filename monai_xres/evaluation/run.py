@@ -2,31 +2,30 @@
 
 :func:`evaluate` runs each method on each (case, region), measures the masking test, deletion and
 insertion, the randomisation check, locality and agreement with RISE, and
-:func:`~monai_xres.evaluate_report.write_report` writes the table (Markdown, CSV) and PNG curves.
+:func:`~monai_xres.evaluation.report.write_report` writes the table (Markdown, CSV) and PNG curves.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from monai_xres.base import Explainer
-from monai_xres.cam import HiResCAM, SegGradCAM, SegXResCAM
-from monai_xres.metrics import agreement, deletion_insertion, locality, masking_curve, predict, spacing_of
-from monai_xres.randomisation import randomisation_check
-from monai_xres.regions import RegionSpec, as_region_spec
-from monai_xres.rise import SegRISE
-from monai_xres.targets import RegionTarget
+from monai_xres.evaluation.report import write_report
+from monai_xres.evaluation.results import Evaluation, EvaluationSettings, metric_names
+from monai_xres.explainers.base import Explainer, predict
+from monai_xres.explainers.registry import get_method, method_names
+from monai_xres.metrics.faithfulness import deletion_insertion, locality, masking_curve, spacing_of
+from monai_xres.metrics.randomisation import randomisation_check
+from monai_xres.metrics.similarity import agreement
+from monai_xres.regions.spec import RegionSpec, as_region_spec
+from monai_xres.regions.target import RegionTarget
 
-__all__ = ["Case", "Evaluation", "EvaluationSettings", "default_methods", "evaluate"]
+__all__ = ["Case", "default_methods", "evaluate"]
 
 Case = tuple[torch.Tensor, "torch.Tensor | None", str]
 MethodFactory = Callable[[nn.Module], Explainer]
@@ -34,102 +33,22 @@ MethodFactory = Callable[[nn.Module], Explainer]
 
 def default_methods(target_layer: str | None = None, rise_masks: int = 500, rise_grid: int | Sequence[int] = 7,
                     rise_batch_size: int = 8, seed: int = 0) -> dict[str, MethodFactory]:
-    """The compared methods, each a factory ``network -> explainer``: Seg-Grad-CAM, HiResCAM, Seg-XRes-CAM
-    (mean and max pooling, windows 2 and 4) at ``target_layer`` (None: the network's bottleneck), and RISE,
-    canonical and with centred scores (the same expected map up to a constant, without the pattern of the
-    finite mask sum: the reference of the agreement column)."""
-    def cam(cls: type, **kw: Any) -> MethodFactory:
-        return lambda net: cls(net, target_layer, verbose=False, **kw)
-
-    methods: dict[str, MethodFactory] = {"Seg-Grad-CAM": cam(SegGradCAM), "HiResCAM": cam(HiResCAM)}
-    for window in (2, 4):
-        for mode in ("mean", "max"):
-            methods[f"Seg-XRes-CAM {mode} w{window}"] = cam(SegXResCAM, pool_size=window, pool_mode=mode)
-    for name, centred in (("RISE", False), ("RISE centred", True)):
-        methods[name] = functools.partial(SegRISE, n_masks=rise_masks, grid_size=rise_grid, seed=seed,
-                                          batch_size=rise_batch_size, center_scores=centred, verbose=False)
+    """The compared methods, each a factory ``network -> explainer``, named by their display labels: every
+    registered method's evaluation variants (:attr:`~monai_xres.explainers.registry.Method.variants`):
+    Seg-Grad-CAM, HiResCAM, Seg-XRes-CAM (mean and max pooling, windows 2 and 4) at ``target_layer``
+    (None: the network's default layer), and RISE, canonical and with centred scores (the same expected
+    map up to a constant, without the pattern of the finite mask sum: the reference of the agreement
+    column). The other arguments go to the methods that take them."""
+    shared = {"target_layer": target_layer, "verbose": False, "n_masks": rise_masks, "grid_size": rise_grid,
+              "batch_size": rise_batch_size, "seed": seed}
+    methods: dict[str, MethodFactory] = {}
+    for name in method_names():
+        method = get_method(name)
+        for variant in method.variants:
+            def make(net: nn.Module, method=method, variant=variant) -> Explainer:
+                return method.build(net, variant, shared=shared)
+            methods[method.display_label(variant)] = make
     return methods
-
-
-@dataclass
-class EvaluationSettings:
-    """Knobs of :func:`evaluate`.
-
-    Args:
-        n_steps: deletion/insertion steps.
-        threshold: masking-test binarisation level of the normalised map (strict ``>``).
-        dilations: masking-test dilation distances, mm.
-        distances: locality distances, mm.
-        randomisation_steps: cascade depths of the randomisation check (None: every layer).
-        randomise: methods to run the randomisation check on (None: all; it costs one explanation per step).
-        reference: the method the others are rank-correlated with.
-        fill: value of removed voxels.
-        batch_size: perturbed inputs per forward pass.
-        seed: tie-breaking of equal saliency and the re-initialisation.
-        spacing: voxel size in mm; None reads it from each case's ``MetaTensor`` affine (else 1).
-        halves: also explain half of each region (the part before the middle of its longest extent in mm),
-            reported as separate rows: a region-aware method follows the half, one that pools the gradient
-            over the whole map (Seg-Grad-CAM) barely changes, which the locality columns show.
-    """
-
-    n_steps: int = 10
-    threshold: float = 0.2
-    dilations: Sequence[float] = (0.0, 3.0, 6.0, 9.0, 12.0)
-    distances: Sequence[float] = (0.0, 5.0, 10.0, 20.0, 40.0)
-    randomisation_steps: int | None = 3
-    randomise: Sequence[str] | None = None
-    reference: str = "RISE centred"
-    fill: float = 0.0
-    batch_size: int = 4
-    seed: int = 0
-    spacing: Sequence[float] | None = None
-    halves: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("dilations", "distances"):
-            if len(getattr(self, name)) == 0:
-                raise ValueError(f"{name} needs at least one distance (mm), e.g. (0.0,).")
-
-
-@dataclass
-class Evaluation:
-    """Everything measured: one record per (case, region, method), its curves, and what was skipped."""
-
-    methods: list[str]
-    metrics: list[str]
-    settings: EvaluationSettings
-    records: list[dict[str, Any]] = field(default_factory=list)
-    curves: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def parts(self) -> list[str]:
-        """The region kinds measured: ``"whole"`` and, with ``settings.halves``, ``"half"``."""
-        return [p for p in ("whole", "half") if any(r["part"] == p for r in self.records)] or ["whole"]
-
-    def summary(self, part: str = "whole") -> list[dict[str, Any]]:
-        """Per method, over the regions of kind ``part``: ``n`` (case-region pairs) and, per metric,
-        ``(mean, std, count)`` over the finite values."""
-        rows = []
-        for method in self.methods:
-            mine = [r for r in self.records if r["method"] == method and r["part"] == part]
-            row: dict[str, Any] = {"method": method, "n": len(mine)}
-            for metric in self.metrics:
-                values = np.array([r[metric] for r in mine], dtype=np.float64)
-                values = values[np.isfinite(values)]
-                row[metric] = ((float(values.mean()), float(values.std()), int(values.size)) if values.size
-                               else (math.nan, math.nan, 0))
-            rows.append(row)
-        return rows
-
-
-def metric_names(settings: EvaluationSettings) -> list[str]:
-    """Columns of the table, in order."""
-    ends = sorted({settings.dilations[0], settings.dilations[-1]}, key=list(settings.dilations).index)
-    return ([f"masking_{k}_{d:g}mm" for d in ends for k in ("dice", "retained")]
-            + ["deletion_auc", "insertion_auc", "deletion_auc_dice", "insertion_auc_dice",
-               "randomisation_spearman", "randomisation_ssim", "randomisation_flagged"]
-            + [f"locality_{d:g}mm" for d in settings.distances] + ["spearman_vs_reference"])
 
 
 def evaluate(cases: Iterable[Case], network: nn.Module, methods: Mapping[str, MethodFactory] | None = None,
@@ -148,7 +67,7 @@ def evaluate(cases: Iterable[Case], network: nn.Module, methods: Mapping[str, Me
             ``{"class_index": 4, "region_key": "label", "label_value": 5}``). Default: each output class
             ``c >= 1`` within the label ``c`` (the whole predicted class when a case has no label).
             A region that does not meet the prediction is skipped and listed in ``Evaluation.skipped``.
-        output_dir: when given, :func:`~monai_xres.evaluate_report.write_report` writes the table there.
+        output_dir: when given, :func:`~monai_xres.evaluation.report.write_report` writes the table there.
         settings: :class:`EvaluationSettings`.
         verbose: progress bar over (case, region) pairs (quiet when not on a TTY).
     """
@@ -176,8 +95,6 @@ def evaluate(cases: Iterable[Case], network: nn.Module, methods: Mapping[str, Me
                 where = {"case": name, "region": f"{spec.label} half", "part": "half"}
                 _evaluate_region(result, explainers, image, half, where, verbose)
     if output_dir is not None:
-        from monai_xres.evaluate_report import write_report
-
         write_report(result, output_dir)
     return result
 
@@ -198,7 +115,7 @@ def _half(target: RegionTarget, logits: torch.Tensor, spacing: Sequence[float]) 
     axis = int(((high - low + 1).double() * torch.tensor(spacing, dtype=torch.float64)).argmax())
     half = region.clone()
     half[(slice(None),) * axis + (slice(int(low[axis] + high[axis] + 1) // 2, None),)] = False
-    return RegionTarget(target.class_index, mask=half, restrict_to_prediction=False, softmax=target.softmax)
+    return target.frozen(half)
 
 
 def _on_grid(label: torch.Tensor | None, image: torch.Tensor, name: str) -> torch.Tensor | None:

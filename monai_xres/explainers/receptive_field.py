@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import UNet
 from torch import nn
 
-from monai_xres.base import preserved_model_state
+from monai_xres.explainers.base import preserved_model_state
+from monai_xres.networks import first_head
 
-__all__ = ["crop_window", "network_stride", "receptive_field_radius"]
+__all__ = ["crop_window", "receptive_field_radius"]
 
 
 def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: int = 2, seed: int = 0,
@@ -45,8 +45,7 @@ def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: i
         for _ in range(n_probes):
             probe = torch.randn((1, *sample.shape[1:]), generator=gen, dtype=sample.dtype)
             probe = probe.to(sample.device).requires_grad_(True)
-            out = network(probe)
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            out = first_head(network(probe))
             if tuple(out.shape[2:]) != spatial:
                 raise ValueError(f"The network maps the grid {spatial} to {tuple(out.shape[2:])}: a receptive "
                                  "field in input voxels needs an output on the input grid; give "
@@ -59,21 +58,6 @@ def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: i
         low, high = int(idx.min()), int(idx.max())
         radius.append(n if low == 0 or high == n - 1 else max(c - low, high - c))
     return tuple(radius)
-
-
-def network_stride(network: nn.Module, n_dims: int) -> tuple[int, ...]:
-    """Total down-sampling factor per axis of a MONAI ``UNet`` (product of its strides), else 1.
-
-    A strided network is translation-equivariant only for shifts that are multiples of this factor,
-    and usually accepts only sizes that are; a region-restricted crop is aligned to it.
-    """
-    if not isinstance(network, UNet):
-        return (1,) * n_dims
-    factor = [1] * n_dims
-    for s in network.strides:
-        per_axis = (s,) * n_dims if isinstance(s, int) else tuple(s)
-        factor = [f * int(p) for f, p in zip(factor, per_axis)]
-    return tuple(factor)
 
 
 def crop_window(area: torch.Tensor, margin: Sequence[int], multiple: Sequence[int]

@@ -2,11 +2,11 @@
 
 An explanation is judged by what happens to the network's output when the voxels it ranks high are
 kept or removed, by whether it changes when the network's weights are randomised
-(:mod:`monai_xres.sanity`), and by where its mass lies; never by its overlap with the organ.
+(:mod:`monai_xres.metrics.randomisation`), and by where its mass lies; never by its overlap with the organ.
 
 Every metric works on one sample ``x`` ``(1, C_in, *spatial)`` (2D or 3D), its saliency on the input
 grid (``(1, 1, *spatial)``, ``(1, *spatial)`` or ``spatial``) and a
-:class:`~monai_xres.targets.RegionTarget`. Perturbed inputs are ``fill + (x - fill) * keep``, all
+:class:`~monai_xres.regions.RegionTarget`. Perturbed inputs are ``fill + (x - fill) * keep``, all
 channels alike, re-predicted in batches under ``torch.no_grad()`` in eval mode, the network left as found.
 
 What is compared after a perturbation (``W`` is the target's region before its intersection with the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,13 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from monai_xres.base import Explainer, preserved_model_state
-from monai_xres.maps import normalize
-from monai_xres.similarity import agreement, map_ssim, rank_correlation
-from monai_xres.targets import RegionTarget, batch_class_mask, predicted_class_mask
+from monai_xres.explainers.base import Explainer, batched, predict
+from monai_xres.explainers.maps import normalize
+from monai_xres.regions.scores import batch_class_mask, count_true, dice, predicted_class_mask
+from monai_xres.regions.target import RegionTarget
 
-__all__ = ["MaskingCurve", "PerturbationCurve", "RegionReference", "agreement", "auc", "deletion_insertion",
-           "locality", "map_ssim", "masking_curve", "predict", "rank_correlation", "saliency_order", "spacing_of"]
+__all__ = ["MaskingCurve", "PerturbationCurve", "RegionReference", "auc", "deletion_insertion", "locality",
+           "masking_curve", "saliency_order", "spacing_of"]
 
 
 @dataclass
@@ -105,11 +105,7 @@ class RegionReference:
         """Region score and region Dice, float64 ``(b,)`` each, of outputs ``(b, C, *spatial)``."""
         scores = torch.stack([self.target.score(o.float(), self.region) for o in out]).double()
         new = batch_class_mask(out, self.target.class_index) & self.area
-        dims = tuple(range(1, new.ndim))
-        inter = (new & self.predicted).sum(dims, dtype=torch.float64)
-        total = new.sum(dims, dtype=torch.float64) + self.predicted.sum(dtype=torch.float64)
-        dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-        return scores, dice
+        return scores, dice(count_true(new & self.predicted), count_true(new), float(self.predicted.sum()))
 
     def repredict(self, keeps: Iterable[torch.Tensor], fill: float, batch_size: int, total: int | None = None,
                   desc: str = "re-predict", verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -118,31 +114,13 @@ class RegionReference:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         scores, dices = [], []
         with tqdm(total=total, desc=desc, unit="input", disable=None if verbose else True, leave=False) as bar:
-            for batch in _batched(keeps, batch_size):
+            for batch in batched(keeps, batch_size):
                 keep = torch.stack(batch)[:, None].to(self.x.device, self.x.dtype)
                 s, d = self(predict(self.network, self.x * keep + fill * (1 - keep)))
                 scores.append(s.cpu())
                 dices.append(d.cpu())
                 bar.update(len(batch))
         return torch.cat(scores).numpy(), torch.cat(dices).numpy()
-
-
-def predict(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``network(x)`` in eval mode under ``torch.no_grad()``, the network left as found; first head only."""
-    with preserved_model_state(network), torch.no_grad():
-        out = network(x)
-    return (out[0] if isinstance(out, (tuple, list)) else out).detach()
-
-
-def _batched(items: Iterable[torch.Tensor], size: int) -> Iterator[list[torch.Tensor]]:
-    batch: list[torch.Tensor] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _as_map(saliency: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:

@@ -20,7 +20,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from monai_xres.apps.runner import run_bundle
 from monai_xres.distributed import gather_objects, process_group, rank_and_world, rank_device, shard
+from monai_xres.output.writer import atomic_write_text
+from monai_xres.regions.spec import as_region_spec
 
 __all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cohort",
            "summarise"]
@@ -132,11 +135,15 @@ def summarise(per_rank: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                           "failed": len(s["failed"]), "seconds": s["seconds"]} for s in per_rank]}
 
 
+def _write_summary(total: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Any]:
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_text(Path(output_dir) / SUMMARY, json.dumps(total, indent=2))
+    return total
+
+
 def pending_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
                   region: Mapping[str, Any], overwrite: bool = False) -> list[Mapping[str, str]]:
     """The cases still to explain (all with ``overwrite``), for a bundle overlay's ``dataset#data``."""
-    from monai_xres.regions import as_region_spec
-
     _check_unique(cases)
     labels = [as_region_spec(dict(region)).label]
     return [c for c in cases if overwrite or not all(
@@ -162,11 +169,7 @@ def bundle_report(writer: Any, cases: Sequence[Mapping[str, str]], n_cases: int,
         return None
     total = summarise(per_rank)
     total["skipped"] = n_cases - sum(len(s["done"]) + len(s["failed"]) for s in per_rank)
-    os.makedirs(output_dir, exist_ok=True)
-    from monai_xres.provenance import atomic_write_text
-
-    atomic_write_text(Path(output_dir) / SUMMARY, json.dumps(total, indent=2))
-    return total
+    return _write_summary(total, output_dir)
 
 
 def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike,
@@ -177,10 +180,6 @@ def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], ou
     Returns the gathered summary on rank 0 (also written to ``<output_dir>/cohort_summary.json``) and
     None on the other ranks.
     """
-    from monai_xres.cli import run_bundle
-    from monai_xres.provenance import atomic_write_text
-    from monai_xres.regions import as_region_spec
-
     _check_unique(cases)
     labels = [as_region_spec(dict(region)).label]
     device = rank_device()
@@ -195,9 +194,4 @@ def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], ou
     with process_group() as (rank, _):
         local = explain_cohort(cases, output_dir, list(methods), labels, explain_case, overwrite)
         per_rank = gather_objects(local)
-    if rank != 0:
-        return None
-    total = summarise(per_rank)
-    os.makedirs(output_dir, exist_ok=True)
-    atomic_write_text(Path(output_dir) / SUMMARY, json.dumps(total, indent=2))
-    return total
+    return _write_summary(summarise(per_rank), output_dir) if rank == 0 else None

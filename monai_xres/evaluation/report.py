@@ -1,4 +1,5 @@
-"""Writing an :class:`~monai_xres.evaluate.Evaluation`: Markdown and CSV tables, per-case CSV, curves JSON, PNGs."""
+"""Writing an :class:`~monai_xres.evaluation.results.Evaluation`: Markdown and CSV tables, per-case CSV,
+curves JSON, PNG plots."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from monai_xres.evaluate import Evaluation
+from monai_xres.evaluation.results import Evaluation
 
 __all__ = ["markdown_table", "write_report"]
 

@@ -2,7 +2,7 @@
 
 A :class:`RegionSpec` names the region the way a pipeline or bundle config knows it (a key holding a mask
 or label map, a box, a point in voxels or mm, a 3D Slicer markups file) and resolves it, for one case,
-into a :class:`~monai_xres.targets.RegionTarget` on the preprocessed image grid.
+into a :class:`~monai_xres.regions.RegionTarget` on the preprocessed image grid.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_xres.markups import read_markup
-from monai_xres.targets import RegionTarget
+from monai_xres.regions.geometry import (
+    image_affine,
+    image_space,
+    label_file_on_grid,
+    point_to_voxel,
+    world_box_to_voxels,
+)
+from monai_xres.regions.markups import read_markup
+from monai_xres.regions.target import RegionTarget
 
-__all__ = ["RegionSpec", "as_region_spec", "case_name", "world_box_to_voxels"]
+__all__ = ["RegionSpec", "as_region_spec", "case_name"]
 
 
 def case_name(data: Mapping, image_key: str) -> str:
@@ -30,35 +37,6 @@ def case_name(data: Mapping, image_key: str) -> str:
     if isinstance(name, (list, tuple)) and name:
         name = name[0]
     return str(name) if name else "<unnamed case>"
-
-
-def world_box_to_voxels(corners: np.ndarray, affine: np.ndarray, spatial: Sequence[int]
-                        ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The voxel box ``(start, end)`` (end exclusive) of the voxels whose centres lie in a world-space box.
-
-    ``corners`` ``(N, d)`` are mapped to continuous voxel indices with ``affine``; their per-axis bounding
-    box keeps the voxel centres inside it (an oblique box becomes its axis-aligned hull on the grid). The
-    box is clipped to the image; along an axis where it is thinner than a voxel, the voxel nearest its
-    centre is kept.
-
-    Raises:
-        ValueError: the box lies wholly outside the image.
-    """
-    corners = np.asarray(corners, dtype=np.float64)
-    index = (np.linalg.inv(np.asarray(affine, dtype=np.float64))
-             @ np.vstack([corners.T, np.ones(len(corners))]))[: len(spatial)]
-    lo, hi = index.min(1), index.max(1)
-    size = np.asarray(spatial)
-    if np.any(hi < -0.5) or np.any(lo > size - 0.5):
-        raise ValueError(f"The box spans voxels {lo.round(1).tolist()} to {hi.round(1).tolist()}, wholly "
-                         f"outside the image grid {tuple(spatial)}: check the coordinate system (RAS vs LPS) "
-                         "and that the box lies in this scan.")
-    start = np.clip(np.ceil(lo - 1e-6), 0, size).astype(int)
-    end = np.clip(np.floor(hi + 1e-6) + 1, 0, size).astype(int)
-    nearest = np.clip(np.rint((lo + hi) / 2), 0, size - 1).astype(int)
-    thin = start >= end
-    start, end = np.where(thin, nearest, start), np.where(thin, nearest + 1, end)
-    return tuple(int(v) for v in start), tuple(int(v) for v in end)
 
 
 @dataclass
@@ -152,16 +130,16 @@ class RegionSpec:
             facts = {}
             if isinstance(value, (str, os.PathLike)):
                 facts["region_file"] = os.fspath(value)
-                value = _label_file_on_grid(value, image)
+                value = label_file_on_grid(value, image)
             return RegionTarget(self.class_index, **{field: value}, label_value=self.label_value, **common), facts
         if self.box is not None:
             box = self.box
             if self.box_in_mm:
                 corners = np.array(list(product(*zip(*self.box))), dtype=np.float64)
-                box = world_box_to_voxels(corners, _affine(image), spatial)
+                box = world_box_to_voxels(corners, image_affine(image), spatial)
             return RegionTarget(self.class_index, box=box, **common), {"box_voxels": _plain(box)}
         if self.point is not None:
-            voxel = _voxel(np.asarray(self.point, dtype=np.float64), image, self.point_in_mm)
+            voxel = _voxel(self.point, image, self.point_in_mm)
             return RegionTarget(self.class_index, point=voxel, connected=self.connected, **common), \
                 {"point_voxel": list(voxel)}
         if self.markup is not None or self.markup_key is not None:
@@ -177,7 +155,7 @@ class RegionSpec:
             path = data[self.markup_key]
             path = path[0] if isinstance(path, (list, tuple)) and len(path) == 1 else path
         markup = read_markup(path, self.markup_label)
-        world = markup.in_space(_space(image))
+        world = markup.in_space(image_space(image))
         facts = markup.describe()
         if markup.kind == "point":
             voxel = _voxel(world[0], image, True)
@@ -185,7 +163,7 @@ class RegionSpec:
             return RegionTarget(self.class_index, point=voxel, connected=self.connected, **common), facts
         if self.connected:
             raise ValueError(f"{markup.path!r} holds an ROI, and connected=True needs a point markup.")
-        box = world_box_to_voxels(world, _affine(image), tuple(image.shape[1:]))
+        box = world_box_to_voxels(world, image_affine(image), tuple(image.shape[1:]))
         facts["box_voxels"] = _plain(box)
         return RegionTarget(self.class_index, box=box, **common), facts
 
@@ -205,50 +183,9 @@ def as_region_spec(region: RegionSpec | Mapping[str, Any] | int) -> RegionSpec:
     raise ValueError(f"A region is a RegionSpec, a dict of its fields or a class index, got {type(region).__name__}.")
 
 
-def _label_file_on_grid(path: str | os.PathLike, image: torch.Tensor) -> torch.Tensor:
-    """A mask or label map file on the scan's own grid, placed on the preprocessed ``image`` grid through
-    world coordinates (MONAI's ``ResampleToMatch``, nearest neighbour): exact after orientation, spacing
-    and cropping, whatever the preprocessing was."""
-    from monai.transforms import LoadImage, ResampleToMatch
-
-    if getattr(image, "affine", None) is None:
-        raise ValueError("A region file needs the image's affine: load the image as a MetaTensor (LoadImaged).")
-    try:
-        label = LoadImage(image_only=True, ensure_channel_first=True)(os.fspath(path))
-    except Exception as e:  # MONAI raises several types for unreadable files
-        raise ValueError(f"Cannot read the region file {os.fspath(path)!r}: {e}") from e
-    placed = ResampleToMatch(mode="nearest", padding_mode="zeros")(label, img_dst=image)
-    return placed.as_tensor() if hasattr(placed, "as_tensor") else placed
-
-
 def _plain(box: Sequence[Sequence[float]]) -> list[list[float]]:
     return [[float(v) if not float(v).is_integer() else int(v) for v in corner] for corner in box]
 
 
-def _affine(image: torch.Tensor) -> np.ndarray:
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        raise ValueError("A position in mm needs the image's affine: load the image as a MetaTensor "
-                         "(MONAI's LoadImaged) or give the region in voxels.")
-    return np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
-
-
-def _space(image: torch.Tensor) -> str:
-    meta = getattr(image, "meta", {}) or {}
-    return str(meta.get("space", "RAS"))
-
-
-def _voxel(point: np.ndarray, image: torch.Tensor, in_mm: bool) -> tuple[int, ...]:
-    spatial = tuple(image.shape[1:])
-    if point.shape != (len(spatial),):
-        raise ValueError(f"The point {point.tolist()} needs {len(spatial)} coordinates for the "
-                         f"{len(spatial)}D image grid {spatial}.")
-    index = point
-    if in_mm:
-        index = (np.linalg.inv(_affine(image)) @ np.append(point, 1.0))[: len(spatial)]
-    voxel = tuple(int(v) for v in np.rint(index))
-    if any(not 0 <= v < n for v, n in zip(voxel, spatial)):
-        where = f"{point.round(2).tolist()} mm ({_space(image)}) is at voxel {voxel}" if in_mm else f"voxel {voxel}"
-        raise ValueError(f"The point at {where}, outside the image grid {spatial}: check the coordinate "
-                         "system (RAS vs LPS) and that the point lies in this scan.")
-    return voxel
+def _voxel(point: Sequence[float], image: torch.Tensor, in_mm: bool) -> tuple[int, ...]:
+    return point_to_voxel(point, tuple(image.shape[1:]), image_affine(image) if in_mm else None, image_space(image))

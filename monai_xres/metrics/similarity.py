@@ -9,7 +9,7 @@ import torch
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy import stats
 
-from monai_xres.maps import normalize
+from monai_xres.explainers.maps import normalize
 
 __all__ = ["agreement", "map_ssim", "rank_correlation"]
 

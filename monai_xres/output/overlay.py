@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from monai_xres.provenance import atomic_path
+from monai_xres.output.writer import atomic_path
 
 __all__ = ["overlay_centre", "save_overlay"]
 

@@ -7,7 +7,6 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,11 +16,11 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple
 from torch import nn
 
-from monai_xres.base import Explainer, Explanation, network_errors, per_axis, preserved_model_state
-from monai_xres.layers import Reshape, TargetLayer, resolve_layer
-from monai_xres.maps import resize_linear
-from monai_xres.sliding import check_inferer, sliding_cam
-from monai_xres.targets import RegionTarget
+from monai_xres.explainers.base import Explainer, Explanation, network_errors, per_axis
+from monai_xres.explainers.maps import resize_linear
+from monai_xres.explainers.sliding import check_inferer, sliding_cam
+from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
+from monai_xres.regions.target import RegionTarget
 
 __all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
 
@@ -64,7 +63,7 @@ class SegXResCAM(Explainer):
     """Seg-XRes-CAM of a region of a segmentation output.
 
     ``map = ReLU(sum_k pool(dS/dA)_k * A_k)``, linearly resized to the input, where ``S`` is the region
-    score of :class:`~monai_xres.targets.RegionTarget` and ``A`` the target layer's output.
+    score of :class:`~monai_xres.regions.RegionTarget` and ``A`` the target layer's output.
 
     Only ``dS/dA`` is computed: the network runs without autograd up to the target layer, and the
     backward pass stops there, with no weight gradients.
@@ -72,13 +71,13 @@ class SegXResCAM(Explainer):
     Args:
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``, 2D or 3D.
         target_layer: dotted module name or module; None takes the bottleneck of MONAI's UNet, UNETR,
-            SwinUNETR or SegResNet (see :func:`~monai_xres.layers.default_layer_name`).
+            SwinUNETR or SegResNet (see :func:`~monai_xres.networks.default_layer_name`).
         pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM.
         pool_mode: ``"mean"`` or ``"max"``.
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
         eval_mode: explain the network in eval mode (restored afterwards).
         inferer: a ``SlidingWindowInferer``: explain the region of its stitched output, window by window
-            (see :mod:`monai_xres.sliding`); memory then scales with the window, not the scan.
+            (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan.
         amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
 
@@ -108,44 +107,37 @@ class SegXResCAM(Explainer):
         """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
         if not isinstance(inferer, SlidingWindowInferer):
             return None
-        windowed = copy.copy(self)
-        windowed.inferer = check_inferer(inferer)
-        return windowed
+        return self.replace(inferer=check_inferer(inferer))
 
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
-        params = {"method": type(self).__name__, "target_layer": self.layer.name, "pool_size": size,
-                  "pool_mode": self.pool_mode}
+        params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode}
         if self.inferer is not None:
             params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
                                  "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
         return params
 
-    def attribute(self, x: torch.Tensor, target: RegionTarget | Sequence[RegionTarget] | int,
-                  relu: bool = True, upsample: bool = True) -> Explanation:
-        """Explain ``target`` for ``x`` ``(B, C_in, *spatial)``.
+    def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any], relu: bool = True,
+                upsample: bool = True) -> Explanation:
+        """The map of each sample's target (called by :meth:`attribute`, which takes the same options).
 
         Args:
             relu: apply the ReLU (False gives the signed map, e.g. to check completeness).
             upsample: resize to the input grid (False keeps the feature grid ``(B, 1, *grid)``).
         """
-        info = self.params()
-        with torch.inference_mode(False):
-            x, targets, affines = self.prepare(x, target)
-            with preserved_model_state(self.network, self.eval_mode), self._autocast(x):
-                if self.inferer is not None:
-                    if not upsample:
-                        raise ValueError("With a sliding-window inferer the map is built on the input grid: "
-                                         "upsample=False is not available.")
-                    cam, logits, regions, scores, windows = sliding_cam(
-                        self, x, targets, affines, self.inferer, self.verbose)
-                    info.update(windows)
-                else:
-                    logits, activation = self._forward_from_layer(x)
-                    regions = self.resolve_regions(logits, targets, affines)
-                    grad, scores = self._score_gradient(logits, activation, targets, regions)
-                    cam = self.combine(activation.detach(), grad)
+        info: dict[str, Any] = {}
+        with self._autocast(x):
+            if self.inferer is not None:
+                if not upsample:
+                    raise ValueError("With a sliding-window inferer the map is built on the input grid: "
+                                     "upsample=False is not available.")
+                cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, self.inferer, self.verbose)
+            else:
+                logits, activation = self._forward_from_layer(x)
+                regions = self.resolve_regions(logits, targets, affines)
+                grad, scores = self._score_gradient(logits, activation, targets, regions)
+                cam = self.combine(activation.detach(), grad)
         if relu:
             cam = cam.relu()
         if upsample:
@@ -154,7 +146,7 @@ class SegXResCAM(Explainer):
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some
-        score with respect to the network output (used per window by :mod:`monai_xres.sliding`)."""
+        score with respect to the network output (used per window by :mod:`monai_xres.explainers.sliding`)."""
         output, activation = self._forward_from_layer(x)
         self._check_connected(output)
         (grad,) = torch.autograd.grad(output, activation, grad_outputs=upstream.to(output.dtype))
@@ -174,15 +166,16 @@ class SegXResCAM(Explainer):
         return torch.autocast("cuda") if self.amp and x.is_cuda else contextlib.nullcontext()
 
     def _forward_from_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output and the captured target-layer leaf; autograd runs only from the layer on."""
-        with self._captured_activation() as captured, torch.no_grad(), network_errors(x):
+        """Network output and the captured target-layer leaf.
+
+        Autograd records only from the layer on: no parameter requires grad inside the explainer's model
+        guard and the input does not either, so the first tensor that does is the captured leaf."""
+        with self._captured_activation() as captured, torch.enable_grad(), network_errors(x):
             output = self.network(x)
         if not captured:
             raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "
                              "network uses for this input.")
-        if isinstance(output, (tuple, list)):  # deep supervision heads: the first is the prediction
-            output = output[0]
-        return output, captured[0]
+        return first_head(output), captured[0]
 
     def _check_connected(self, output: torch.Tensor) -> None:
         if not output.requires_grad:
@@ -200,8 +193,8 @@ class SegXResCAM(Explainer):
 
     @contextlib.contextmanager
     def _captured_activation(self) -> Iterator[list[torch.Tensor]]:
-        """Hook the target layer: its output becomes a leaf that requires grad, and autograd is switched
-        on from there, so the graph holds only what lies between the layer and the output."""
+        """Hook the target layer: its output becomes a leaf that requires grad, so the graph holds only what
+        lies between the layer and the output. The hook is removed on exit, also when the forward raises."""
         captured: list[torch.Tensor] = []
         name = self.layer.name
 
@@ -212,7 +205,6 @@ class SegXResCAM(Explainer):
             if captured:
                 raise ValueError(f"Layer {name!r} runs more than once per forward pass: choose a layer "
                                  "that runs once.")
-            torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
             return leaf

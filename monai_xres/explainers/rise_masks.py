@@ -20,10 +20,69 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MaskSpec", "draw_cells", "expected_keep", "mask_windows"]
+from monai_xres.explainers.base import per_axis
+
+__all__ = ["MaskSettings", "MaskSpec", "draw_cells", "expected_keep", "mask_windows"]
 
 CELL_DRAWS = ("uniform", "randn")
 INTERPOLATIONS = ("linear", "nearest")
+
+
+def _check_ints(value, name: str, low: int) -> None:
+    """An int >= low, or a non-empty sequence of them (its length is checked against the input later)."""
+    n = len(value) if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 else 1
+    if per_axis(value, n, low) is None:
+        raise ValueError(f"{name} must be an int >= {low} or one per spatial axis, got {value!r}.")
+
+
+def axis_values(value, n_dims: int, name: str, low: int) -> tuple[int, ...]:
+    """``value`` as one int >= ``low`` per spatial axis, or a ValueError naming ``name``."""
+    values = per_axis(value, n_dims, low)
+    if values is None:
+        raise ValueError(f"{name} must be an int >= {low} or {n_dims} of them (one per spatial axis), "
+                         f"got {value!r}.")
+    return values
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How SegRISE draws its masks (the same for every image; :meth:`spec` fixes one image's grid).
+
+    Args:
+        grid_size: cells per axis, an int or per-axis tuple (e.g. fewer along a thick-slice axis).
+        p_keep: keep probability of a cell, in (0, 1).
+        seed: mask ``i`` depends on ``(seed, i)`` only: the same map for any batching or process split.
+        cell_draw: ``"uniform"`` (paper) or ``"randn"`` (published Seg-XRes-CAM code; see :class:`MaskSpec`).
+        interpolation: ``"linear"`` (paper) or ``"nearest"`` (published segmentation code).
+    """
+
+    grid_size: int | Sequence[int] = 7
+    p_keep: float = 0.5
+    seed: int = 0
+    cell_draw: str = "uniform"
+    interpolation: str = "linear"
+
+    def __post_init__(self) -> None:
+        _check_ints(self.grid_size, "grid_size", 1)
+        if isinstance(self.grid_size, Sequence):
+            object.__setattr__(self, "grid_size", tuple(self.grid_size))
+        if not isinstance(self.p_keep, (int, float)) or not 0.0 < float(self.p_keep) < 1.0:
+            raise ValueError(f"p_keep must lie in (0, 1) (the probability of keeping a cell), got {self.p_keep}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}.")
+        for name, value, allowed in (("cell_draw", self.cell_draw, CELL_DRAWS),
+                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+
+    def spec(self, image_size: Sequence[int]) -> MaskSpec:
+        """The mask distribution on an image of ``image_size`` voxels (at most one cell per voxel)."""
+        image_size = tuple(int(n) for n in image_size)
+        grid = axis_values(self.grid_size, len(image_size), "grid_size", 1)
+        if any(s > n for s, n in zip(grid, image_size)):
+            raise ValueError(f"grid_size {grid} exceeds the image {image_size}: use at most one cell per "
+                             "voxel (typically 5-10 cells per axis).")
+        return MaskSpec(image_size, grid, float(self.p_keep), self.seed, self.cell_draw, self.interpolation)
 
 
 @dataclass(frozen=True)

@@ -1,56 +1,19 @@
-"""Provenance sidecars and atomic file writes.
-
-Every file is written under a temporary name in its destination folder and renamed into place with
-``os.replace`` (atomic on POSIX and Windows within one file system): an interrupted run leaves either the
-previous file or none, never a half-written one.
-"""
+"""Provenance: the JSON sidecar beside each map (method, region, model checksum, versions, input)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "package_versions", "sha256_file", "sidecar"]
+__all__ = ["package_versions", "sha256_file", "sidecar"]
 
 _PACKAGES = ("monai-xres", "monai", "torch", "numpy", "nibabel", "itk", "SimpleITK")
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path beside ``final``; on success it replaces ``final``, on error it is removed.
-
-    Args:
-        final: the destination file.
-        suffix: kept at the end of the temporary name, for writers that pick the format by extension
-            (e.g. ``".nii.gz"``).
-    """
-    final = os.fspath(final)
-    folder, name = os.path.split(final)
-    os.makedirs(folder or ".", exist_ok=True)
-    stem = name[: len(name) - len(suffix)] if suffix and name.endswith(suffix) else name
-    tmp = os.path.join(folder, f".{stem}.partial-{uuid.uuid4().hex[:8]}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["RegionTarget", "as_target_list", "batch_class_mask", "predicted_class_mask"]
+from monai_xres.regions.geometry import point_to_voxel
+from monai_xres.regions.scores import predicted_class_mask
+
+__all__ = ["RegionTarget", "as_target_list"]
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | MetaTensor
 
@@ -23,33 +26,6 @@ ArrayLike = Any  # torch.Tensor | np.ndarray | MetaTensor
 def _as_tensor(value: ArrayLike, device: torch.device) -> torch.Tensor:
     t = value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(np.asarray(value))
     return t.to(device)
-
-
-def predicted_class_mask(logits: torch.Tensor, class_index: int) -> torch.Tensor:
-    """Voxels predicted as ``class_index``: ``argmax == c``, or ``logit > 0`` for a one-channel (sigmoid) output.
-
-    Args:
-        logits: one sample's output, shape ``(C, *spatial)``.
-        class_index: the class ``c``.
-
-    Returns:
-        bool tensor of shape ``spatial``.
-    """
-    return batch_class_mask(logits[None], class_index)[0]
-
-
-def batch_class_mask(out: torch.Tensor, class_index: int) -> torch.Tensor:
-    """:func:`predicted_class_mask` of a batch ``(B, C, *spatial)``: bool ``(B, *spatial)``."""
-    if out.shape[1] == 1:
-        return out[:, 0] > 0
-    # argmax == c without argmax over the channels, which is ~100x slower than comparisons on CPU. Ties go to
-    # the first maximum, as in argmax: c must beat earlier channels strictly and later ones or equal them.
-    own, mask = out[:, class_index], None
-    for j in range(out.shape[1]):
-        if j != class_index:
-            beats = own > out[:, j] if j < class_index else own >= out[:, j]
-            mask = beats if mask is None else mask.logical_and_(beats)
-    return mask
 
 
 @dataclass
@@ -193,23 +169,13 @@ class RegionTarget:
         return region
 
     def _point_voxel(self, spatial: tuple[int, ...], affine: ArrayLike | None) -> tuple[int, ...]:
-        p = np.asarray(self.point, dtype=np.float64)
-        if p.shape != (len(spatial),):
-            raise ValueError(f"point {list(self.point)} must have {len(spatial)} coordinates for the "
-                             f"{len(spatial)}D output grid {spatial}.")
+        aff = None
         if self.point_in_mm:
             aff = self.affine if self.affine is not None else affine
             if aff is None:
                 raise ValueError("point is in mm but no affine is known: pass affine=... (voxel to world) "
                                  "or give the input as a MetaTensor.")
-            aff = np.asarray(aff.cpu() if isinstance(aff, torch.Tensor) else aff, dtype=np.float64)
-            p = (np.linalg.inv(aff) @ np.append(p, 1.0))[: len(spatial)]
-        voxel = tuple(int(v) for v in np.rint(p))
-        if any(not 0 <= v < n for v, n in zip(voxel, spatial)):
-            where = f" (from {list(self.point)} mm)" if self.point_in_mm else ""
-            raise ValueError(f"point voxel {voxel}{where} is outside the output grid {spatial}: check the "
-                             "coordinate system (RAS vs LPS) and that the point lies in the scan.")
-        return voxel
+        return point_to_voxel(self.point, spatial, aff, grid="output grid")
 
     def _point_region(self, spatial: tuple[int, ...], device: torch.device, affine: ArrayLike | None,
                       predicted: torch.Tensor | None) -> torch.Tensor:
@@ -232,6 +198,11 @@ class RegionTarget:
         return (f"The {self.kind} region does not overlap the {n_pred} voxel(s) predicted as class "
                 f"{self.class_index}: move the region onto the prediction, or set "
                 "restrict_to_prediction=False to explain the raw logits there.")
+
+    def frozen(self, region: torch.Tensor) -> RegionTarget:
+        """This target with its region fixed to ``region`` (bool ``spatial``): the same voxels whatever a
+        later (perturbed, randomised, windowed) prediction says, scored like this target."""
+        return RegionTarget(self.class_index, mask=region, restrict_to_prediction=False, softmax=self.softmax)
 
     def score(self, logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Sum of the class-``c`` logits (or softmax probabilities) over ``region``.

@@ -1,0 +1,282 @@
+"""RISE for segmentation: random masks, the masked prediction scored against the unmasked one.
+
+``saliency = sum_i score_i * m_i / (N * p_keep)`` (Petsiuk et al., 2018), with the segmentation scores
+of the Seg-XRes-CAM paper (Dice of the class inside the region, :mod:`monai_xres.explainers.rise_scoring`).
+Masks are streamed batch by batch (:mod:`monai_xres.explainers.rise_stream`): memory is one batch of
+masks and inputs, whatever ``n_masks`` is. The region-restricted mode crops around the region by the
+network's receptive field (:mod:`monai_xres.explainers.receptive_field`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_xres.explainers.base import Explainer, Explanation
+from monai_xres.explainers.receptive_field import crop_window, receptive_field_radius
+from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec, _check_ints, axis_values
+from monai_xres.explainers.rise_scoring import ScoreSettings, region_scorer
+from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, mask_batches, stream_masks
+from monai_xres.networks import network_stride
+from monai_xres.regions.scores import predicted_class_mask
+from monai_xres.regions.target import RegionTarget
+
+__all__ = ["BatchSettings", "CropSettings", "MaskSettings", "ScoreSettings", "SegRISE"]
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Region-restricted RISE: evaluate only the region's bounding box plus a context margin.
+
+    Args:
+        context_margin: None (the full image), voxels per side (int or per axis), or ``"auto"`` (the
+            measured receptive field of the network).
+        crop_multiple: crop alignment per axis; None takes the network's total stride.
+    """
+
+    context_margin: int | Sequence[int] | str | None = None
+    crop_multiple: int | Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.context_margin not in (None, "auto"):
+            _check_ints(self.context_margin, "context_margin", 0)
+        if self.crop_multiple is not None:
+            _check_ints(self.crop_multiple, "crop_multiple", 1)
+
+
+_GROUPS = {"masks": MaskSettings, "scoring": ScoreSettings, "batching": BatchSettings, "crop": CropSettings}
+_FIELD_GROUP = {f.name: group for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+
+class SegRISE(Explainer):
+    """RISE of a region of a segmentation output, 2D or 3D, model-agnostic and gradient-free.
+
+    Each mask ``m`` (values in [0, 1], on the input grid) perturbs the input to
+    ``x * m + fill * (1 - m)``; the masked output is scored against the unmasked one, and
+    ``saliency = sum_i score_i * m_i / (N * p_keep)``, accumulated in float64.
+
+    Scores (``W`` is the target's region before the intersection with the prediction, e.g. the box;
+    ``A`` the unmasked prediction of class ``c`` in ``W``; ``B`` the masked one):
+
+    - ``"dice"``: ``2|A ∩ B| / (|A| + |B|)``, as the Seg-XRes-CAM paper's RISE (false positives of the
+      masked prediction inside ``W`` count).
+    - ``"soft_dice"``: the same with ``B`` the masked softmax (sigmoid) probability of ``c`` in ``W``.
+    - ``"logit"``: :meth:`RegionTarget.score` of the masked output on the unmasked region, as the CAMs.
+
+    A canonical RISE map is not zero where the score does not depend on the input: there it equals the
+    mean score. ``center_scores=True`` subtracts it, giving ``sum_i (score_i - mean) * m_i / (N p_keep)``,
+    zero in expectation wherever the mask does not change the score.
+
+    Region-restricted mode (``context_margin``): the masked input is the crop
+    ``bounding box of W + margin`` (clipped, aligned to ``crop_multiple``), evaluated alone. The crop
+    sees exactly the voxels of the full-image masks, so inside the crop the map equals full RISE when
+    the region's output computed from the crop equals that from the whole image: a network
+    translation-equivariant for shifts by ``crop_multiple`` whose receptive-field radius is at most the
+    margin (zero padding at the crop edge then reaches no region voxel). Instance normalisation,
+    global pooling or attention break this (``"auto"`` then measures the whole image). Outside the crop
+    the score does not depend on the mask, and the map is set to its expectation there (the mean score
+    times the mean mask value over ``p_keep``; 0 with ``center_scores``). The masks keep the full
+    image's cell size in the crop.
+
+    The published segmentation RISE (Seg-XRes-CAM code) is reproduced, masks aside, by
+    ``p_keep=0.1, cell_draw="randn", interpolation="nearest", score="dice"``; its random stream differs.
+    The map is always divided by ``p_keep`` as given, although ``randn`` cells are kept with probability
+    ``Phi(p_keep)``; this scales the map and leaves its ranking unchanged.
+
+    Parameters come in four small groups, given as objects or, field by field, as keywords
+    (``SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8, seed=1)``); a field may not be given
+    both ways.
+
+    Args:
+        network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``.
+        n_masks: number of masks ``N`` (ignored when masks are supplied).
+        masks: :class:`~monai_xres.explainers.rise_masks.MaskSettings`: ``grid_size`` (7), ``p_keep``
+            (0.5), ``seed`` (0), ``cell_draw`` ("uniform"; "randn" as the published code, which keeps
+            ``Phi(p_keep)`` of the cells, about 54% at ``p_keep=0.1``), ``interpolation`` ("linear";
+            "nearest" as the published segmentation code).
+        scoring: :class:`~monai_xres.explainers.rise_scoring.ScoreSettings`: ``score`` ("dice",
+            "soft_dice" or "logit"), ``fill`` (0.0, the value of removed voxels), ``center_scores`` (False).
+        batching: :class:`BatchSettings`: ``batch_size`` (16 masked inputs per forward pass),
+            ``early_stop_tol`` (None: run all masks; else stop once the map's relative L2 change over
+            the last ``early_stop_k`` batches is below it; where it stops depends on ``batch_size``),
+            ``early_stop_k`` (4).
+        crop: :class:`CropSettings`: ``context_margin`` (None: the full image; voxels per side, int or
+            per axis; or ``"auto"``, the measured receptive field,
+            :func:`~monai_xres.explainers.receptive_field.receptive_field_radius`), ``crop_multiple``
+            (None: the network's total stride, else per axis).
+        inferer: a MONAI inferer (e.g. ``SlidingWindowInferer``) through which every prediction, unmasked
+            and masked, is made: RISE of the stitched output of a whole scan. With ``context_margin``
+            only the crop goes through it.
+        verbose: tqdm progress bar over masks (never shown when stderr is not a terminal).
+        eval_mode: explain the network in eval mode (restored afterwards).
+        fields: any field of the four groups by name (``grid_size=...``, ``batch_size=...``, ...).
+
+    Example::
+
+        rise = SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8)
+        saliency = rise(image, RegionTarget(1, box=((40, 40, 10), (60, 60, 20))))  # (B, 1, H, W, D)
+        # only a crop around the box, for a fully convolutional network:
+        result = SegRISE(net, context_margin="auto").attribute(image, RegionTarget(1, box=...))
+    """
+
+    def __init__(self, network: nn.Module, n_masks: int = 2000, *, masks: MaskSettings | None = None,
+                 scoring: ScoreSettings | None = None, batching: BatchSettings | None = None,
+                 crop: CropSettings | None = None, inferer: Callable[..., Any] | None = None, verbose: bool = True,
+                 eval_mode: bool = True, **fields: Any) -> None:
+        super().__init__(network, eval_mode)
+        if not isinstance(n_masks, int) or isinstance(n_masks, bool) or n_masks < 1:
+            raise ValueError(f"n_masks must be an int >= 1, got {n_masks!r}.")
+        if inferer is not None and not callable(inferer):
+            raise ValueError(f"inferer must be a MONAI inferer (callable as inferer(x, network)), got "
+                             f"{type(inferer).__name__}.")
+        unknown = sorted(set(fields) - set(_FIELD_GROUP))
+        if unknown:
+            raise ValueError(f"Unknown SegRISE argument(s) {unknown}; valid: n_masks, inferer, verbose, eval_mode, "
+                             f"masks, scoring, batching, crop and their fields {sorted(_FIELD_GROUP)}.")
+        given = {"masks": masks, "scoring": scoring, "batching": batching, "crop": crop}
+        for group, cls in _GROUPS.items():
+            mine = {k: v for k, v in fields.items() if _FIELD_GROUP[k] == group}
+            if given[group] is not None and mine:
+                raise ValueError(f"Give {sorted(mine)} either inside {group}=... or as keywords, not both.")
+            setattr(self, group, given[group] if given[group] is not None else cls(**mine))
+        self.n_masks, self.inferer, self.verbose = n_masks, inferer, verbose
+        self._radius_cache: dict[tuple, tuple[int, ...]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # the fields of the settings groups read as attributes, as the flat keywords that set them
+        group = _FIELD_GROUP.get(name)
+        if group is None or group not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.__dict__[group], name)
+
+    def reset_caches(self) -> None:
+        self._radius_cache = {}
+
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        return name in _FIELD_GROUP or super().accepts(name)
+
+    def params(self) -> dict:
+        """The method's parameters, JSON-friendly (for provenance sidecars)."""
+        groups = {k: _plain(v) for g in _GROUPS for k, v in dataclasses.asdict(getattr(self, g)).items()}
+        return {**super().params(), "n_masks": self.n_masks, **groups,
+                "inferer": None if self.inferer is None else type(self.inferer).__name__}
+
+    def with_inferer(self, inferer: Any) -> SegRISE:
+        """This explainer with every prediction made through ``inferer``."""
+        return self.replace(inferer=inferer)
+
+    def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any],
+                masks: Masks | None = None) -> Explanation:
+        """The map of each sample's target (called by :meth:`attribute`, which takes the same option).
+
+        Args:
+            masks: optional masks to use instead of generated ones (e.g. to compare with another
+                implementation): a tensor ``(N, 1, *spatial)`` or ``(N, *spatial)``, or an iterable of such
+                batches, on the input grid. A one-shot iterator serves a single sample only.
+
+        Returns:
+            :class:`Explanation`; ``info`` holds the parameters, ``n_masks_used`` and, per sample,
+            the evaluated ``windows`` (start, size) and ``mean_score``.
+        """
+        spec = self.masks.spec(x.shape[2:])
+        if masks is not None and x.shape[0] > 1 and iter(masks) is masks:
+            raise ValueError("A one-shot iterator of masks can serve one sample only: pass a tensor or a "
+                             "list of batches, or explain the samples one at a time.")
+        logits = self.forward(x, self.inferer)
+        regions = self.resolve_regions(logits, targets, affines)
+        runs = [self._explain_one(x[b:b + 1], logits[b], targets[b], regions[b], affines[b], spec, masks)
+                for b in range(x.shape[0])]
+        info = {"n_masks_used": [r["n_used"] for r in runs],
+                "windows": [[list(r["start"]), list(r["size"])] for r in runs],
+                "mean_score": [r["mean_score"] for r in runs]}
+        saliency = torch.stack([r["map"] for r in runs]).float()
+        return Explanation(saliency, logits, regions, [r["score"] for r in runs], info)
+
+    def _explain_one(self, x: torch.Tensor, logits: torch.Tensor, target: RegionTarget, region: torch.Tensor,
+                     affine, spec: MaskSpec, masks: Masks | None) -> dict:
+        spatial = tuple(x.shape[2:])
+        area = region
+        if target.restrict_to_prediction:
+            area = dataclasses.replace(target, restrict_to_prediction=False).region(logits, affine)
+        reference = predicted_class_mask(logits, target.class_index) & area
+        kind = self.scoring.score
+        if kind != "logit" and not bool(reference.any()):
+            raise ValueError(f"No voxel of the region is predicted as class {target.class_index}, so a Dice "
+                             "score is undefined: use score='logit' or move the region onto the prediction.")
+        start, size = (0,) * len(spatial), spatial
+        if self.crop.context_margin is not None:
+            if tuple(logits.shape[1:]) != spatial:
+                raise ValueError(f"context_margin needs the output on the input grid {spatial}, got "
+                                 f"{tuple(logits.shape[1:])}: use context_margin=None.")
+            start, size = crop_window(area, self._margin(x), self._multiple(len(spatial)))
+        window = tuple(slice(s, s + n) for s, n in zip(start, size))
+        full_score = float(region_scorer(kind, target, region, area, reference)(logits[None])[0])
+        if size != spatial:  # the crop's output is the crop of the output grid (checked above)
+            region, area, reference = region[window], area[window], reference[window]
+        sums = self._accumulate(x[(slice(None), slice(None)) + window], spec, start, size,
+                                region_scorer(kind, target, region, area, reference), masks)
+        mean_score, p_keep = sums.mean_score, spec.p_keep
+        inside = sums.weighted / (sums.n_used * p_keep)
+        outside = sums.mask_mean * mean_score / p_keep
+        if self.scoring.center_scores:
+            inside = inside - sums.masks * (mean_score / (sums.n_used * p_keep))
+            outside = 0.0
+        full = torch.full((1, *spatial), outside, dtype=torch.float64, device=x.device)
+        full[(0,) + window] = inside
+        return {"map": full, "n_used": sums.n_used, "start": start, "size": size, "score": full_score,
+                "mean_score": mean_score}
+
+    def _margin(self, x: torch.Tensor) -> tuple[int, ...]:
+        n_dims = x.ndim - 2
+        if self.crop.context_margin != "auto":
+            return axis_values(self.crop.context_margin, n_dims, "context_margin", 0)
+        key = (tuple(x.shape), x.device, x.dtype)
+        if key not in self._radius_cache:
+            self._radius_cache[key] = receptive_field_radius(self.network, x, eval_mode=self.eval_mode)
+        return self._radius_cache[key]
+
+    def _multiple(self, n_dims: int) -> tuple[int, ...]:
+        if self.crop.crop_multiple is None:
+            return network_stride(self.network, n_dims)
+        return axis_values(self.crop.crop_multiple, n_dims, "crop_multiple", 1)
+
+    def _accumulate(self, x: torch.Tensor, spec: MaskSpec, start: tuple[int, ...], size: tuple[int, ...],
+                    scorer: Callable[[torch.Tensor], torch.Tensor], masks: Masks | None) -> RiseSums:
+        """Stream the masks through the network; the float64 sums of :class:`RiseSums`."""
+        weighted = torch.zeros(size, dtype=torch.float64, device=x.device)
+        sums = RiseSums(weighted, torch.zeros_like(weighted) if self.scoring.center_scores else None)
+        fill = torch.tensor(self.scoring.fill, dtype=x.dtype, device=x.device)
+        diff = x - fill
+        indices = self._mask_indices()
+        total = len(indices) if masks is None else (
+            len(masks) if isinstance(masks, torch.Tensor) else
+            sum(map(len, masks)) if isinstance(masks, (list, tuple)) else None)
+        batches = mask_batches(spec, indices, start, size, x, self.batching.batch_size, masks)
+
+        def predict_scores(batch: torch.Tensor) -> list[float]:
+            return scorer(self.forward(torch.addcmul(fill, diff, batch), self.inferer)).tolist()
+
+        sums = stream_masks(batches, predict_scores, sums, self.batching, tuple(size) != spec.image_size, total,
+                            self.verbose)
+        sums = self._reduce(sums)
+        if sums.n_used == 0:
+            raise ValueError("No masks were given: pass at least one mask (N >= 1).")
+        return sums
+
+    def _mask_indices(self) -> range:
+        """The generated masks this process evaluates: all of them (mask-parallel RISE takes a part)."""
+        return range(self.n_masks)
+
+    def _reduce(self, sums: RiseSums) -> RiseSums:
+        """The sums over this process's masks made global (mask-parallel RISE adds other processes')."""
+        return sums

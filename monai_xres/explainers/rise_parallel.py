@@ -1,0 +1,73 @@
+"""Mask-parallel RISE: one scan's masks split across the ranks of a ``torch.distributed`` group.
+
+Each rank evaluates its own block of the same seeded mask sequence (mask ``i`` depends on ``(seed, i)``
+only) and the float64 sums of :class:`~monai_xres.explainers.rise_stream.RiseSums` are added with
+``all_reduce``: every rank returns the map one process would make.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from monai_xres import distributed
+from monai_xres.explainers.rise import SegRISE
+from monai_xres.explainers.rise_stream import RiseSums
+
+__all__ = ["MaskParallelSegRISE"]
+
+
+class MaskParallelSegRISE(SegRISE):
+    """:class:`~monai_xres.explainers.rise.SegRISE` with the masks of one scan split across the ranks of a group.
+
+    The mask batches ``[0, batch_size), [batch_size, 2 batch_size), ...`` of the seeded sequence are split
+    into ``world_size`` contiguous blocks; rank ``r`` evaluates block ``r``, so every batch is the very
+    batch a single process would run. The float64 sums are added with ``all_reduce(SUM)`` and every rank
+    returns the same map. It equals the single-process map for the same seed up to the order of the
+    float64 additions (relative differences ~1e-15). Every rank must explain the same input and target,
+    as collectives require. With no initialised group it is :class:`SegRISE`.
+
+    Args:
+        group: the process group (default: the default group).
+        args, kwargs: as :class:`~monai_xres.explainers.rise.SegRISE`; ``early_stop_tol`` is not supported
+            (ranks would stop at different masks).
+    """
+
+    def __init__(self, *args: Any, group: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.batching.early_stop_tol is not None:
+            raise ValueError("MaskParallelSegRISE does not support early_stop_tol (each rank sees only its own "
+                             "masks): set early_stop_tol=None, or use SegRISE in one process.")
+        self.group = group
+
+    def params(self) -> dict:
+        """As :meth:`SegRISE.params`, with the number of processes sharing the masks."""
+        return super().params() | {"processes": distributed.rank_and_world(self.group)[1]}
+
+    def explain(self, x: torch.Tensor, targets: list, affines: list, masks: Any = None) -> Any:
+        """As :meth:`SegRISE.explain`, with generated masks only."""
+        if masks is not None:
+            raise ValueError("MaskParallelSegRISE splits its own seeded masks across ranks: to use given masks, "
+                             "use SegRISE (one process).")
+        return super().explain(x, targets, affines)
+
+    def _mask_indices(self) -> range:
+        rank, world = distributed.rank_and_world(self.group)
+        size = self.batching.batch_size
+        n_batches = math.ceil(self.n_masks / size)
+        first, last = rank * n_batches // world, (rank + 1) * n_batches // world
+        return range(first * size, min(last * size, self.n_masks))
+
+    def _reduce(self, sums: RiseSums) -> RiseSums:
+        if distributed.rank_and_world(self.group)[1] == 1:
+            return sums
+        scalars = torch.tensor([sums.n_used, sums.score_total, sums.mask_total], dtype=torch.float64,
+                               device=sums.weighted.device)
+        for tensor in (sums.weighted, sums.masks, scalars):
+            if tensor is not None:
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        n_used, score_total, mask_total = scalars.tolist()
+        return RiseSums(sums.weighted, sums.masks, int(round(n_used)), score_total, mask_total)

@@ -1,0 +1,67 @@
+"""How SegRISE scores the output of a masked input against the unmasked prediction of the region."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from monai_xres.regions.scores import batch_class_mask, count_true, dice
+from monai_xres.regions.target import RegionTarget
+
+__all__ = ["SCORES", "ScoreSettings", "region_scorer"]
+
+SCORES = ("dice", "soft_dice", "logit")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How a masked prediction is scored and the scores combined.
+
+    Args:
+        score: ``"dice"``, ``"soft_dice"`` or ``"logit"`` (see :func:`region_scorer`).
+        fill: value of the removed voxels.
+        center_scores: subtract the mean score from every weight (see :class:`SegRISE`).
+    """
+
+    score: str = "dice"
+    fill: float = 0.0
+    center_scores: bool = False
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}.")
+        if not isinstance(self.fill, (int, float)) or not math.isfinite(float(self.fill)):
+            raise ValueError(f"fill must be a finite number, got {self.fill!r}.")
+
+
+def region_scorer(kind: str, target: RegionTarget, region: torch.Tensor, area: torch.Tensor,
+                  reference: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function scoring network outputs ``(b, C, *spatial)``: float64 ``(b,)``.
+
+    Args:
+        kind: ``"dice"``: ``2|A ∩ B| / (|A| + |B|)`` with ``B`` the voxels of ``area`` predicted as the
+            target class; ``"soft_dice"``: the same with ``B`` the class probability (softmax, or sigmoid
+            for one channel) in ``area``; ``"logit"``: :meth:`RegionTarget.score` on ``region``.
+        target: the explained class (and the score's softmax flag for ``"logit"``).
+        region: bool ``spatial``, the resolved region of the unmasked output.
+        area: bool ``spatial``, the target's region before the intersection with the prediction.
+        reference: bool ``spatial``, ``A``: the unmasked prediction of the class inside ``area``.
+    """
+    c = target.class_index
+    if kind == "logit":
+        return lambda out: torch.stack([target.score(o, region) for o in out]).double()
+    n_ref = float(reference.sum())
+    whole = bool(area.all())
+
+    def score(out: torch.Tensor) -> torch.Tensor:
+        if kind == "dice":
+            kept = batch_class_mask(out, c) if whole else batch_class_mask(out, c) & area
+            return dice(count_true(kept & reference), n_ref, count_true(kept))
+        kept = (out[:, 0].sigmoid() if out.shape[1] == 1 else out.softmax(1)[:, c]) * area
+        inter = (kept * reference).flatten(1).sum(1, dtype=torch.float64)
+        return dice(inter, n_ref, kept.flatten(1).sum(1, dtype=torch.float64))
+
+    return score

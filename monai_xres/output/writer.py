@@ -1,0 +1,84 @@
+"""Writing files so that a reader never sees half of one: temporary name, then rename into place.
+
+Every file is written under a temporary name in its destination folder and renamed into place with
+``os.replace`` (atomic on POSIX and Windows within one file system): an interrupted run leaves either the
+previous file or none, never a half-written one. Temporary names start with ``.`` and hold
+``.partial-``, so a resume can recognise and remove them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write_text", "map_path", "save_map"]
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside ``final``; on success it replaces ``final``, on error it is removed.
+
+    Args:
+        final: the destination file.
+        suffix: kept at the end of the temporary name, for writers that pick the format by extension
+            (e.g. ``".nii.gz"``).
+    """
+    final = os.fspath(final)
+    folder, name = os.path.split(final)
+    os.makedirs(folder or ".", exist_ok=True)
+    stem = name[: len(name) - len(suffix)] if suffix and name.endswith(suffix) else name
+    tmp = os.path.join(folder, f".{stem}.partial-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _saver(output_dir: str | os.PathLike, postfix: str, ext: str, separate_folder: bool,
+           data_root_dir: str | os.PathLike) -> Any:
+    from monai.transforms import SaveImage
+
+    return SaveImage(os.fspath(output_dir), output_postfix=postfix, output_ext=ext, output_dtype=np.float32,
+                     resample=False, separate_folder=separate_folder, print_log=False, squeeze_end_dims=False,
+                     data_root_dir=os.fspath(data_root_dir), writer="ITKWriter", channel_dim=None)
+
+
+def map_path(meta: dict, output_dir: str | os.PathLike, postfix: str, ext: str = ".nii.gz",
+             separate_folder: bool = True, data_root_dir: str | os.PathLike = "") -> str:
+    """Where :func:`save_map` writes a map with image metadata ``meta`` (MONAI's ``SaveImage`` folder layout)."""
+    from monai.data.folder_layout import default_name_formatter
+
+    saver = _saver(output_dir, postfix, ext, separate_folder, data_root_dir)
+    return os.fspath(saver.folder_layout.filename(**default_name_formatter(meta, saver)))
+
+
+def save_map(saliency: Any, output_dir: str | os.PathLike, postfix: str, ext: str = ".nii.gz",
+             separate_folder: bool = True, data_root_dir: str | os.PathLike = "") -> str:
+    """Write a map ``MetaTensor`` ``(1, *spatial)`` as float32 in its own geometry, atomically; return the path.
+
+    MONAI's ``SaveImage`` with the ITK writer names the file (``<case>_<postfix><ext>``, in a per-case folder
+    with ``separate_folder``). The channel is dropped and trailing singleton axes kept, so a one-slice
+    scan stays a 3D file with its z origin (``NibabelWriter`` would add a fourth axis).
+    """
+    saver = _saver(output_dir, postfix, ext, separate_folder, data_root_dir)
+    final = map_path(saliency.meta, output_dir, postfix, ext, separate_folder, data_root_dir)
+    with atomic_path(final, ext) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*SaveImage `channel_dim` is set to None")  # intended
+        saver(saliency[0].cpu(), filename=tmp[: -len(ext)])
+    return final
