@@ -58,7 +58,7 @@ def rise_worker(out: str, n_masks: int, size: list[int]) -> None:
     from monai.bundle import ConfigParser
 
     from monai_xres.distributed import process_group, rank_device
-from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+    from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
     from monai_xres.regions import RegionTarget
 
     parser = ConfigParser(json.loads((BUNDLE / "configs" / "inference.json").read_text()))

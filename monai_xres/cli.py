@@ -18,7 +18,7 @@ from typing import Any
 
 from monai_xres.apps.runner import UsageError, method_configs, run_bundle
 from monai_xres.distributed import launched_by_torchrun
-from monai_xres.explainers.registry import get_method, method_choices
+from monai_xres.explainers.registry import default_method, get_method, method_choices
 
 __all__ = ["CliError", "main"]
 
@@ -166,8 +166,9 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--label-value", type=int, help="label value (default: the class)")
     ex.add_argument("--mm", action="store_true", help="--box/--point are world millimetres (RAS)")
     ex.add_argument("--connected", action="store_true", help="explain the predicted component under the point")
-    ex.add_argument("--method", choices=method_choices(), nargs="+", default=["segxrescam"],
-                    metavar="METHOD", help=f"one or more of {', '.join(method_choices())} (default segxrescam)")
+    ex.add_argument("--method", choices=method_choices(), nargs="+", default=[default_method()],
+                    metavar="METHOD", help=f"one or more of {', '.join(method_choices())} (default "
+                    f"{default_method()})")
     ex.add_argument("--pool-size", type=int, nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
     ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
     ex.add_argument("--n-masks", type=int, help="RISE masks (default 200)")

@@ -21,8 +21,8 @@ import torch
 import monai_xres.distributed as xdist
 from monai_xres.apps.cohort import case_outputs, explain_cohort, read_datalist, run_cohort
 from monai_xres.distributed import shard
-from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
 from monai_xres.explainers.rise import SegRISE
+from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
 from monai_xres.regions import RegionTarget
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,9 +26,8 @@ from monai.transforms import (
 )
 
 from monai_xres.explainers.cam import SegXResCAM
+from monai_xres.regions import RegionSpec, RegionTarget, world_box_to_voxels
 from monai_xres.regions.markups import read_markup
-from monai_xres.regions import RegionSpec, world_box_to_voxels
-from monai_xres.regions import RegionTarget
 from monai_xres.transforms import ExplainRegiond, SegRISEd, SegXResCAMd
 
 SHAPE = (18, 15, 9)

@@ -23,8 +23,8 @@ from torch import nn
 
 from monai_xres.explainers.base import Explainer
 
-__all__ = ["Method", "build_explainer", "get_method", "method_choices", "method_names", "name_of", "register", "tag_of",
-           "unregister"]
+__all__ = ["Method", "build_explainer", "default_method", "get_method", "method_choices", "method_names", "name_of",
+           "register", "tag_of", "unregister"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ def unregister(name: str) -> None:
 def method_names() -> list[str]:
     """Canonical names, in registration order."""
     return list(_REGISTRY)
+
+
+def default_method() -> str:
+    """The method a surface explains with when none is named: the flagship, Seg-XRes-CAM."""
+    return "segxrescam"
 
 
 def method_choices() -> list[str]:
