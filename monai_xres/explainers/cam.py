@@ -7,9 +7,11 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
@@ -22,33 +24,65 @@ from monai_xres.explainers.sliding import check_inferer, sliding_cam
 from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
+__all__ = ["POOL_MODES", "HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
 
 PoolSize = int | Sequence[int] | str
+
+
+POOL_MODES = ("mean", "max", "sum")
 
 
 def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -> torch.Tensor:
     """Pool ``grad`` ``(B, K, *grid)`` in non-overlapping windows and bring it back to ``grid``.
 
-    As the published Seg-XRes-CAM code: zero-pad the end of each axis to a multiple of the window, pool
-    (``mean`` divides by the full window, padded zeros included; ``max`` sees the padded zeros), then
-    half-pixel nearest (``nearest-exact``) back to the grid. ``pool_size="global"`` pools the whole map.
+    As the published Seg-XRes-CAM code (skimage ``block_reduce`` then ``resize(order=0)``, float64): the
+    end of each axis is zero-padded to a multiple of the window; ``mean`` divides by the full window,
+    padded zeros included, ``sum`` does not divide, ``max`` sees the padded zeros; then half-pixel nearest
+    back to the grid, cell ``i`` taking pooled cell ``floor((i + 0.5) * s)`` with the scale
+    ``s = n_pooled / n`` rounded to float64 first, which is exactly what scipy's zoom does for skimage.
+    (torch's float32 ``nearest-exact`` and exact rational arithmetic each break ties differently on some
+    grids, e.g. 37 cells with window 7, 47 with window 2.) ``pool_size="global"`` pools the whole map.
+
+    Raises:
+        ValueError: a window larger than the feature grid along some axis (use ``"global"``).
     """
     grid = tuple(grad.shape[2:])
-    dims = tuple(range(2, grad.ndim))
+    if mode not in POOL_MODES:
+        raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {mode!r}.")
     if pool_size == "global":
-        pooled = grad.mean(dims, keepdim=True) if mode == "mean" else grad.amax(dims, keepdim=True)
-        return pooled.expand_as(grad)
+        dims = tuple(range(2, grad.ndim))
+        reduce = {"mean": grad.mean, "sum": grad.sum, "max": grad.amax}[mode]
+        return reduce(dims, keepdim=True).expand_as(grad)
     window = _window(pool_size, len(grid))
+    if any(w > n for w, n in zip(window, grid)):
+        raise ValueError(f"The gradient window {window} is larger than the layer's feature grid {grid}: use at "
+                         "most the grid size per axis, or pool_size='global' for the whole map.")
     if all(w == 1 for w in window):
         return grad
-    pad: list[int] = []
-    for n, w in zip(reversed(grid), reversed(window)):
-        pad += [0, (-n) % w]
-    padded = F.pad(grad, pad)
-    pool = getattr(F, f"{'avg' if mode == 'mean' else 'max'}_pool{len(grid)}d")
-    pooled = pool(padded, kernel_size=window, stride=window)
-    return F.interpolate(pooled, size=grid, mode="nearest-exact")
+    pooled = grad
+    for axis, w in enumerate(window, start=2):  # block reduction is separable, the padded zeros included
+        if w == 1:
+            continue
+        n = pooled.shape[axis]
+        blocks = -(-n // w)
+        shape = pooled.shape
+        padded = F.pad(pooled.movedim(axis, -1), (0, blocks * w - n)).reshape(*shape[:axis], *shape[axis + 1:],
+                                                                               blocks, w)
+        reduced = padded.amax(-1) if mode == "max" else padded.sum(-1)
+        pooled = reduced.movedim(-1, axis)
+    if mode == "mean":
+        pooled = pooled / math.prod(window)
+    for axis, n in enumerate(grid, start=2):
+        index = _nearest_source(n, pooled.shape[axis], pooled.device)
+        pooled = pooled.index_select(axis, index)
+    return pooled
+
+
+def _nearest_source(n_out: int, n_in: int, device: torch.device) -> torch.Tensor:
+    """Source cell of each of ``n_out`` cells in a half-pixel nearest resize from ``n_in`` cells (float64)."""
+    scale = n_in / n_out  # a Python float: float64, rounded before the product, as scipy does
+    index = np.floor((np.arange(n_out, dtype=np.float64) + 0.5) * scale).astype(np.int64)
+    return torch.from_numpy(np.minimum(index, n_in - 1)).to(device)
 
 
 def _window(pool_size: PoolSize, n_dims: int) -> tuple[int, ...]:
@@ -72,14 +106,19 @@ class SegXResCAM(Explainer):
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``, 2D or 3D.
         target_layer: dotted module name or module; None takes the bottleneck of MONAI's UNet, UNETR,
             SwinUNETR or SegResNet (see :func:`~monai_xres.networks.default_layer_name`).
-        pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM.
-        pool_mode: ``"mean"`` or ``"max"``.
+        pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM. At most the
+            feature grid per axis.
+        pool_mode: ``"mean"`` (divide by the full window), ``"max"``, or ``"sum"`` (as the published
+            Seg-Grad-CAM does over the whole map: the same normalised map as ``"mean"``, raw values
+            scaled by the window size).
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
         eval_mode: explain the network in eval mode (restored afterwards).
         inferer: a ``SlidingWindowInferer``: explain the region of its stitched output, window by window
             (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan.
         amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
+        counterfactual: explain what speaks *against* the class in the region: the gradient of ``-S``
+            (the published code's ``negative_gradient``), so the ReLU keeps the evidence that lowers the score.
 
     Example::
 
@@ -90,10 +129,12 @@ class SegXResCAM(Explainer):
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
                  eval_mode: bool = True, inferer: SlidingWindowInferer | None = None, amp: bool = True,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, counterfactual: bool = False) -> None:
         super().__init__(network, eval_mode)
-        if pool_mode not in ("mean", "max"):
-            raise ValueError(f"pool_mode must be 'mean' or 'max', got {pool_mode!r}.")
+        if not isinstance(counterfactual, bool):
+            raise ValueError(f"counterfactual must be True or False, got {counterfactual!r}.")
+        if pool_mode not in POOL_MODES:
+            raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}.")
         if pool_size != "global":
             _window(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
         self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
@@ -102,6 +143,12 @@ class SegXResCAM(Explainer):
         self.inferer = None if inferer is None else check_inferer(inferer)
         self.amp = amp
         self.verbose = verbose
+        self.counterfactual = counterfactual
+
+    @property
+    def score_sign(self) -> float:
+        """-1 for a counterfactual explanation (the gradient of ``-S``), else 1."""
+        return -1.0 if self.counterfactual else 1.0
 
     def with_inferer(self, inferer: Any) -> SegXResCAM | None:
         """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
@@ -112,7 +159,8 @@ class SegXResCAM(Explainer):
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
-        params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode}
+        params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode,
+                  "counterfactual": self.counterfactual}
         if self.inferer is not None:
             params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
                                  "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
@@ -188,7 +236,7 @@ class SegXResCAM(Explainer):
         self._check_connected(logits)
         with torch.enable_grad():
             per_sample = [t.score(logits[i].float(), regions[i]) for i, t in enumerate(targets)]
-        (grad,) = torch.autograd.grad(torch.stack(per_sample).sum(), activation)
+        (grad,) = torch.autograd.grad(self.score_sign * torch.stack(per_sample).sum(), activation)
         return grad, [float(s.detach()) for s in per_sample]
 
     @contextlib.contextmanager
@@ -222,15 +270,27 @@ class HiResCAM(SegXResCAM):
     Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
     """
 
+    fixed_params = ("pool_size", "pool_mode")
+
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
         super().__init__(network, target_layer, pool_size=1, pool_mode="mean", **kwargs)
 
 
 class SegGradCAM(SegXResCAM):
-    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient averaged over the whole map.
+    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient pooled over the whole map.
 
-    Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
+    Args:
+        reduction: ``"mean"`` (default) averages the gradient over the map; ``"sum"`` sums it, as the
+            published Seg-Grad-CAM code does. The normalised maps are the same; raw values differ by the
+            number of feature cells.
+
+    Other keyword arguments (not ``pool_size``/``pool_mode``) are those of :class:`SegXResCAM`.
     """
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
-        super().__init__(network, target_layer, pool_size="global", pool_mode="mean", **kwargs)
+    fixed_params = ("pool_size", "pool_mode")
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, reduction: str = "mean",
+                 **kwargs) -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum' (the published code sums), got {reduction!r}.")
+        super().__init__(network, target_layer, pool_size="global", pool_mode=reduction, **kwargs)

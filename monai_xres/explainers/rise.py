@@ -264,7 +264,7 @@ class SegRISE(Explainer):
         batches = mask_batches(spec, indices, start, size, x, self.batching.batch_size, masks)
 
         def predict_scores(batch: torch.Tensor) -> list[float]:
-            return scorer(self.forward(torch.addcmul(fill, diff, batch), self.inferer)).tolist()
+            return self.scoring.weight(scorer(self.forward(torch.addcmul(fill, diff, batch), self.inferer)).tolist())
 
         sums = stream_masks(batches, predict_scores, sums, self.batching, tuple(size) != spec.image_size, total,
                             self.verbose)

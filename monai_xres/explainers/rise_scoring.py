@@ -24,17 +24,27 @@ class ScoreSettings:
         score: ``"dice"``, ``"soft_dice"`` or ``"logit"`` (see :func:`region_scorer`).
         fill: value of the removed voxels.
         center_scores: subtract the mean score from every weight (see :class:`SegRISE`).
+        counterfactual: weight each mask by ``1 - score`` instead of ``score``: a voxel is salient when
+            keeping it goes with losing the region's prediction, i.e. evidence against the class there.
     """
 
     score: str = "dice"
     fill: float = 0.0
     center_scores: bool = False
+    counterfactual: bool = False
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}.")
         if not isinstance(self.fill, (int, float)) or not math.isfinite(float(self.fill)):
             raise ValueError(f"fill must be a finite number, got {self.fill!r}.")
+        for name in ("center_scores", "counterfactual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+
+    def weight(self, scores: list[float]) -> list[float]:
+        """The weights of the masks given their scores: the scores, or ``1 - score`` when counterfactual."""
+        return [1.0 - s for s in scores] if self.counterfactual else scores
 
 
 def region_scorer(kind: str, target: RegionTarget, region: torch.Tensor, area: torch.Tensor,

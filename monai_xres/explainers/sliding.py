@@ -37,6 +37,7 @@ class WindowExplainer(Protocol):
     """What :func:`sliding_cam` needs of a CAM explainer (:class:`~monai_xres.explainers.cam.SegXResCAM`)."""
 
     network: Any
+    score_sign: float
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor: ...
 
@@ -86,12 +87,13 @@ def _importance(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi:
                                   dtype=torch.float32)
 
 
-def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor]):
-    """dS/dL on the stitched output (elementwise, cheap), and the per-sample scores."""
+def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor],
+                     sign: float = 1.0):
+    """d(sign * S)/dL on the stitched output (elementwise, cheap), and the per-sample scores ``S``."""
     leaf = logits.detach().float().requires_grad_(True)
     with torch.enable_grad():
         scores = [t.score(leaf[i], regions[i]) for i, t in enumerate(targets)]
-        (grad,) = torch.autograd.grad(torch.stack(scores).sum(), leaf)
+        (grad,) = torch.autograd.grad(sign * torch.stack(scores).sum(), leaf)
     return grad, [float(s.detach()) for s in scores]
 
 
@@ -109,7 +111,7 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
     logits, windows = _forward_recording(cam.network, x, inferer, roi)
     regions = cam.resolve_regions(logits, targets, affines)
-    grad, scores = _region_gradient(logits, targets, regions)
+    grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
 
     pad = _pad_sizes(spatial, roi)
     image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
