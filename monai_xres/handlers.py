@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +60,7 @@ class SaliencyWriter:
         overlay, write_sidecar: also write the PNG overlay / the JSON sidecar.
         model_file: the weights file, for the sidecar's SHA-256.
         network: the network explainer configs are built for (bundle overlays pass ``"@network"``).
+        provenance: more facts recorded in every sidecar (e.g. the DICOM series read).
         raise_errors: raise a case's error instead of logging it and going on.
 
     Attributes:
@@ -74,7 +76,8 @@ class SaliencyWriter:
                  output_ext: str = ".nii.gz",
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
-                 network: nn.Module | None = None, raise_errors: bool = False) -> None:
+                 network: nn.Module | None = None, raise_errors: bool = False,
+                 provenance: Mapping[str, Any] | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -96,6 +99,7 @@ class SaliencyWriter:
                 self.model_sha256 = sha256_file(self.model_file)
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
+        self.provenance = dict(provenance or {})
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
         self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
@@ -165,26 +169,35 @@ class SaliencyWriter:
         maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
                 "region": like_image(mask, image)}
         maps = self._invert(maps)
+        params = explainer.params()
+        if params.get("counterfactual") and "counterfactual" not in method:
+            method = f"{method}-counterfactual"  # a map of the evidence against the class says so in its name
         final = self._save(maps["saliency"], f"{method}_{region}")
         stem = final[: -len(self.output_ext)]
         scan, sal, reg = (maps[k][0].detach().cpu().numpy() for k in ("scan", "saliency", "region"))
         affine = maps["saliency"].affine.cpu().numpy()
         centre = overlay_centre(sal, reg > 0.5)
-        files = {"saliency": os.path.basename(final)}
+        files = {"saliency": final}
         if self.overlay:
             save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}")
-            files["overlay"] = os.path.basename(f"{stem}.png")
+            files["overlay"] = f"{stem}.png"
         if self.write_sidecar:
             world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
                             "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
-            params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
-            extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
-                     "inferer": None if self.inferer is None else type(self.inferer).__name__}
-            record = sidecar({"name": method, **params}, region_facts, files, case_name(data, self.image_key),
-                             self.model_sha256, self.model_file, extra)
-            atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
+            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data)
         return final
+
+    def _write_sidecar(self, path: str, method: dict, region: dict, files: dict[str, str], data: Mapping) -> None:
+        """The provenance record, written last: its checksums tell a resumed run the files are whole."""
+        image = data[self.image_key]
+        checksums = {role: {"bytes": os.path.getsize(f), "sha256": sha256_file(f)} for role, f in files.items()}
+        extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
+                 "inferer": None if self.inferer is None else type(self.inferer).__name__, "checksums": checksums,
+                 **self.provenance}
+        record = sidecar(method, region, {k: os.path.basename(f) for k, f in files.items()},
+                         case_name(data, self.image_key), self.model_sha256, self.model_file, extra)
+        atomic_write_text(path, json.dumps(record, indent=2))
 
     def _invert(self, maps: dict[str, MetaTensor]) -> dict[str, MetaTensor]:
         if self.transform is None or not maps["saliency"].applied_operations:
@@ -200,6 +213,10 @@ class SaliencyWriter:
     def _save(self, saliency: MetaTensor, postfix: str) -> str:
         layout = (self.output_dir, postfix, self.output_ext, self.separate_folder, self.data_root_dir)
         final = map_path(saliency.meta, *layout)
+        if not Path(final).parent.resolve().is_relative_to(Path(self.output_dir).resolve()):
+            raise ValueError(f"data_root_dir {os.fspath(self.data_root_dir)!r} is not a parent folder of the input "
+                             f"{saliency.meta.get('filename_or_obj')!r}, so its map would land outside output_dir "
+                             f"({final}): give a data_root_dir that holds the inputs, or none.")
         source, other = str(saliency.meta.get("filename_or_obj", "")), self._sources.get(final)
         if other is not None and other != source:
             raise ValueError(f"{final} was already written for {other}, another input with the same file name: "

@@ -180,6 +180,20 @@ def test_mask_parallel_rise_on_two_ranks_equals_single_process(tmp_path, monkeyp
             torch.testing.assert_close(got, ref, rtol=2.5e-7, atol=2.5e-7 * float(ref.abs().max()))
 
 
+def _write_complete_case(out: Path, image: str, name: str) -> None:
+    """What the bundle and SaliencyWriter leave for a finished case: segmentation, map, sidecar with checksums."""
+    from monai_xres.output.provenance import sha256_file
+
+    stem = Path(image).name[: -len(".nii.gz")]
+    folder = out / stem
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in ("seg", name):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / f"{stem}_{suffix}.nii.gz")
+    nifti = folder / f"{stem}_{name}.nii.gz"
+    record = {"checksums": {"saliency": {"bytes": nifti.stat().st_size, "sha256": sha256_file(nifti)}}}
+    (folder / f"{stem}_{name}.json").write_text(json.dumps(record))
+
+
 def test_explain_cohort_logs_a_failed_case_goes_on_and_resumes(tmp_path):
     cases = [{"image": f"/data/case{i}.nii.gz"} for i in range(4)]
     calls: list[str] = []
@@ -190,9 +204,7 @@ def test_explain_cohort_logs_a_failed_case_goes_on_and_resumes(tmp_path):
             raise RuntimeError("unreadable scan")
         if case["image"].endswith("case2.nii.gz"):
             return [{"method": "m", "region": "class1", "error": "no voxel predicted"}]
-        for path in case_outputs(tmp_path, case["image"], ["m"], ["class1"]):
-            Path(path).parent.mkdir(exist_ok=True)
-            Path(path).write_text("x")
+        _write_complete_case(tmp_path, case["image"], "m_class1")
         return []
 
     first = explain_cohort(cases, tmp_path, ["m"], ["class1"], explain_case)

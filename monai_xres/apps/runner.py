@@ -2,26 +2,58 @@
 
 ``run_bundle`` runs the bundle's own ``inference.json`` plus its ``explain.json`` overlay (or the
 generic one shipped in ``monai_xres/configs``) through MONAI's ``ConfigWorkflow``, exactly as
-``python -m monai.bundle run`` does, with the run's values as config overrides.
+``python -m monai.bundle run`` does, with the run's values as config overrides. Paths go in as path
+objects (:class:`ConfigPath`), which MONAI's parser leaves alone: it rewrites ``#`` in strings.
+The bundle's own ``SaveImaged`` writes atomically (:func:`~monai_xres.output.writer.atomic_writer`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_xres.apps.errors import UsageError
 from monai_xres.explainers.registry import get_method
 
-__all__ = ["GENERIC_OVERLAY", "UsageError", "evaluate_bundle", "mask_parallel_methods", "method_configs",
-           "run_bundle"]
+__all__ = ["GENERIC_OVERLAY", "ConfigPath", "UsageError", "evaluate_bundle", "mask_parallel_methods", "method_configs",
+           "run_bundle", "segmentation_files"]
 
 GENERIC_OVERLAY = Path(__file__).resolve().parents[1] / "configs" / "explain.json"
 
 
-class UsageError(ValueError):
-    """A problem with what the user asked for (arguments, files): shown as one line, exit status 2."""
+class ConfigPath(os.PathLike):
+    """A path for MONAI bundle configs: not a string, so the parser never rewrites it (``#`` -> ``::``), yet
+    ``@bundle_root + '/models/model.pt'`` in a config expression still gives the plain string."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._path = os.fspath(path)
+
+    def __fspath__(self) -> str:
+        return self._path
+
+    def __str__(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"ConfigPath({self._path!r})"
+
+    def __add__(self, other: str) -> str:
+        return self._path + other
+
+    def __radd__(self, other: str) -> str:
+        return other + self._path
+
+    def __truediv__(self, other: str) -> Path:
+        return Path(self._path) / other
+
+    def __eq__(self, other: object) -> bool:
+        return os.fspath(other) == self._path if isinstance(other, (str, os.PathLike)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._path)
 
 
 def method_configs(methods: Sequence[str], **options: Any) -> dict[str, dict[str, Any]]:
@@ -63,25 +95,98 @@ def _bundle_file(bundle: Path, name: str) -> Path:
     return path
 
 
+def _transforms_of(parser: Any, key: str) -> list[tuple[str, dict]]:
+    """``(config id, transform config)`` of each transform listed in ``key`` (a ``Compose`` or a list)."""
+    if key not in parser:
+        return []
+    content = parser[key]
+    items, prefix = (content.get("transforms"), f"{key}#transforms") if isinstance(content, Mapping) else \
+        (content, key)
+    if not isinstance(items, list):
+        return []
+    return [(f"{prefix}#{i}", t) for i, t in enumerate(items) if isinstance(t, Mapping)]
+
+
+def _target(config: Mapping) -> str:
+    return str(config.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def segmentation_files(bundle: str | os.PathLike) -> list[str]:
+    """``<postfix><ext>`` of each file the bundle's own ``SaveImaged`` writes per case (e.g. ``seg.nii.gz``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(_bundle_file(Path(bundle), "inference.json")))
+    parser["bundle_root"] = os.fspath(bundle)
+    names = []
+    for key, transform in _transforms_of(parser, "postprocessing"):
+        if _target(transform) in ("SaveImaged", "SaveImage"):
+            value = {k: parser.get_parsed_content(f"{key}#{k}") if k in transform else default
+                     for k, default in (("output_postfix", "trans"), ("output_ext", ".nii.gz"))}
+            names.append(f"{value['output_postfix']}{value['output_ext']}")
+    return names
+
+
+def _prepare_workflow(parser: Any, series: str | None) -> None:
+    """Make the bundle's own segmentation writer atomic, and read the chosen DICOM series."""
+    from monai.data.image_writer import resolve_writer
+
+    from monai_xres.output.writer import atomic_writer
+
+    for key, transform in _transforms_of(parser, "postprocessing"):
+        if _target(transform) in ("SaveImaged", "SaveImage") and "writer" not in transform:
+            ext = parser.get_parsed_content(f"{key}#output_ext") if "output_ext" in transform else ".nii.gz"
+            parser[f"{key}#writer"] = atomic_writer(resolve_writer(str(ext))[0])
+    if series is not None:
+        loaders = [key for key, t in _transforms_of(parser, "preprocessing") if _target(t) in ("LoadImaged",
+                                                                                             "LoadImage")]
+        if not loaders:
+            raise UsageError("--series needs the bundle's preprocessing to start with LoadImaged; this one does "
+                             "not: convert the series to NIfTI first.")
+        from monai.data import ITKReader
+
+        for key in loaders:
+            parser[f"{key}#reader"] = ITKReader(series_name=series)  # an object: the parser leaves it alone
+
+
 def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: Mapping[str, Mapping],
-               region: Mapping[str, Any], label: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+               region: Mapping[str, Any], label: str | None = None, overrides: Mapping[str, Any] | None = None,
+               series: str | None = None) -> Any:
     """Run ``bundle``'s ``inference.json`` + explain overlay on one scan; returns the ``SaliencyWriter``.
 
-    ``overrides``: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun."""
+    Args:
+        overrides: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun.
+        series: the SeriesInstanceUID to read when ``image`` is a DICOM folder.
+
+    Raises:
+        UsageError: not a bundle, or its checkpoint holds more than tensors (refused, never unpickled).
+    """
     from monai.bundle import ConfigWorkflow
+
+    from monai_xres.apps.checks import choose_series
 
     bundle = Path(bundle).resolve()
     inference = _bundle_file(bundle, "inference.json")
     overlay = bundle / "configs" / "explain.json"
     overlay = overlay if overlay.is_file() else GENERIC_OVERLAY
-    case = {"image": image, **({"label": label} if label else {})}
+    case = {"image": Path(image), **({"label": Path(label)} if label else {})}
+    if os.path.isdir(image):  # a DICOM folder: one series, by the documented rule unless chosen
+        series, _ = choose_series(image, series)
+    if "markup" in region:
+        region = {**region, "markup": Path(region["markup"])}
     meta = bundle / "configs" / "metadata.json"
     workflow = ConfigWorkflow(
         config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
-        workflow_type="inference", bundle_root=str(bundle), output_dir=os.path.abspath(output_dir),
+        workflow_type="inference", bundle_root=ConfigPath(bundle), output_dir=ConfigPath(os.path.abspath(output_dir)),
         **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
-           **dict(overrides or {})})
-    workflow.initialize()
+           "explain_writer#provenance": {"dicom_series": series} if series else {}, **dict(overrides or {})})
+    _prepare_workflow(workflow.parser, series)
+    try:
+        workflow.initialize()
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refused to load the weights of {bundle}: the checkpoint holds objects other than tensors "
+                         "and could run code when unpickled (loaded with weights_only=True); save a plain "
+                         "state_dict.") from e
     workflow.run()
     writer = workflow.parser.get_parsed_content("explain_writer")
     workflow.finalize()
@@ -108,7 +213,11 @@ def evaluate_bundle(bundle: str | os.PathLike, images: Sequence[str], labels: Se
     parser.read_config(str(_bundle_file(bundle, "inference.json")))
     parser["bundle_root"] = str(bundle)
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refused to load {bundle / 'models' / 'model.pt'}: it holds objects other than tensors "
+                         "(weights_only=True); save a plain state_dict.") from e
     network.eval()
     preprocessing = parser.get_parsed_content("preprocessing")
     pad = DivisiblePad(k=network_stride(network, 3))

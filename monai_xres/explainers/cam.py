@@ -7,90 +7,22 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple
 from torch import nn
 
-from monai_xres.explainers.base import Explainer, Explanation, network_errors, per_axis
+from monai_xres.explainers.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.explainers.maps import resize_linear
+from monai_xres.explainers.pooling import POOL_MODES, PoolSize, pool_gradient, window_of
 from monai_xres.explainers.sliding import check_inferer, sliding_cam
 from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["POOL_MODES", "HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
-
-PoolSize = int | Sequence[int] | str
-
-
-POOL_MODES = ("mean", "max", "sum")
-
-
-def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -> torch.Tensor:
-    """Pool ``grad`` ``(B, K, *grid)`` in non-overlapping windows and bring it back to ``grid``.
-
-    As the published Seg-XRes-CAM code (skimage ``block_reduce`` then ``resize(order=0)``, float64): the
-    end of each axis is zero-padded to a multiple of the window; ``mean`` divides by the full window,
-    padded zeros included, ``sum`` does not divide, ``max`` sees the padded zeros; then half-pixel nearest
-    back to the grid, cell ``i`` taking pooled cell ``floor((i + 0.5) * s)`` with the scale
-    ``s = n_pooled / n`` rounded to float64 first, which is exactly what scipy's zoom does for skimage.
-    (torch's float32 ``nearest-exact`` and exact rational arithmetic each break ties differently on some
-    grids, e.g. 37 cells with window 7, 47 with window 2.) ``pool_size="global"`` pools the whole map.
-
-    Raises:
-        ValueError: a window larger than the feature grid along some axis (use ``"global"``).
-    """
-    grid = tuple(grad.shape[2:])
-    if mode not in POOL_MODES:
-        raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {mode!r}.")
-    if pool_size == "global":
-        dims = tuple(range(2, grad.ndim))
-        reduce = {"mean": grad.mean, "sum": grad.sum, "max": grad.amax}[mode]
-        return reduce(dims, keepdim=True).expand_as(grad)
-    window = _window(pool_size, len(grid))
-    if any(w > n for w, n in zip(window, grid)):
-        raise ValueError(f"The gradient window {window} is larger than the layer's feature grid {grid}: use at "
-                         "most the grid size per axis, or pool_size='global' for the whole map.")
-    if all(w == 1 for w in window):
-        return grad
-    pooled = grad
-    for axis, w in enumerate(window, start=2):  # block reduction is separable, the padded zeros included
-        if w == 1:
-            continue
-        n = pooled.shape[axis]
-        blocks = -(-n // w)
-        shape = pooled.shape
-        padded = F.pad(pooled.movedim(axis, -1), (0, blocks * w - n)).reshape(*shape[:axis], *shape[axis + 1:],
-                                                                               blocks, w)
-        reduced = padded.amax(-1) if mode == "max" else padded.sum(-1)
-        pooled = reduced.movedim(-1, axis)
-    if mode == "mean":
-        pooled = pooled / math.prod(window)
-    for axis, n in enumerate(grid, start=2):
-        index = _nearest_source(n, pooled.shape[axis], pooled.device)
-        pooled = pooled.index_select(axis, index)
-    return pooled
-
-
-def _nearest_source(n_out: int, n_in: int, device: torch.device) -> torch.Tensor:
-    """Source cell of each of ``n_out`` cells in a half-pixel nearest resize from ``n_in`` cells (float64)."""
-    scale = n_in / n_out  # a Python float: float64, rounded before the product, as scipy does
-    index = np.floor((np.arange(n_out, dtype=np.float64) + 0.5) * scale).astype(np.int64)
-    return torch.from_numpy(np.minimum(index, n_in - 1)).to(device)
-
-
-def _window(pool_size: PoolSize, n_dims: int) -> tuple[int, ...]:
-    window = per_axis(pool_size, n_dims)
-    if window is None:
-        raise ValueError(f"pool_size must be 'global', a positive int or {n_dims} positive ints for a "
-                         f"{n_dims}D feature map, got {pool_size!r}.")
-    return window
+__all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
 
 
 class SegXResCAM(Explainer):
@@ -136,7 +68,7 @@ class SegXResCAM(Explainer):
         if pool_mode not in POOL_MODES:
             raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}.")
         if pool_size != "global":
-            _window(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
+            window_of(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
         self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
         self.pool_size = pool_size
         self.pool_mode = pool_mode
@@ -191,6 +123,26 @@ class SegXResCAM(Explainer):
         if upsample:
             cam = resize_linear(cam, x.shape[2:])
         return Explanation(cam.float(), logits.detach(), regions, scores, info)
+
+    def check_input(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The target layer's feature grid for inputs like ``x`` ``(B, C_in, *spatial)`` (one forward, no
+        backward), checked against the gradient window: a cheap test before a long run.
+
+        Raises:
+            ValueError: the layer does not run, gives no feature map, or is smaller than the window.
+        """
+        with preserved_model_state(self.network, self.eval_mode), torch.inference_mode(False):
+            _, activation = self._forward_from_layer(x)
+        if self.layer.reshape is not None:
+            activation = self.layer.reshape(activation)
+        grid = tuple(activation.shape[2:])
+        if self.pool_size != "global":
+            window = window_of(self.pool_size, len(grid))
+            if any(w > n for w, n in zip(window, grid)):
+                raise ValueError(f"the gradient window {window} is larger than the feature grid {grid} of layer "
+                                 f"{self.layer.name!r} for inputs of size {tuple(x.shape[2:])}: use a window of at "
+                                 "most the grid per axis, or Seg-Grad-CAM for the whole map.")
+        return grid
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some

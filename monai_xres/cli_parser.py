@@ -1,0 +1,101 @@
+"""The ``monai-xres`` argument parser: commands, options and their types (one-line errors, exit 2).
+
+Method choices come from :mod:`monai_xres.explainers.registry`; the commands live in :mod:`monai_xres.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from monai_xres.explainers.registry import default_method, method_choices
+
+__all__ = ["build_parser"]
+
+DESCRIPTION = "Explain a MONAI bundle's segmentation of a scan from the command line."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its own print the whole usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _explain_arguments(ex: argparse.ArgumentParser) -> None:
+    ex.add_argument("--bundle", required=True, help="bundle folder (configs/inference.json inside)")
+    scans = ex.add_mutually_exclusive_group(required=True)
+    scans.add_argument("--image", help="scan: NIfTI, NRRD, MHA or a DICOM folder")
+    scans.add_argument("--datalist", help="cohort: JSON list of scans (or {'image': ...} dicts; a Decathlon "
+                       "'testing' list) or a text file, one scan a line; under torchrun each rank explains its "
+                       "share")
+    ex.add_argument("--series", help="the DICOM SeriesInstanceUID to read when --image is a folder of several "
+                    "series (default: the series with the most files)")
+    ex.add_argument("--class", dest="class_index", type=_whole(0), required=True, help="output channel to explain")
+    where = ex.add_mutually_exclusive_group()
+    where.add_argument("--box", type=_finite, nargs="+", help="start... end... voxel indices of the scan as stored "
+                       "(IJK as 3D Slicer shows them; end exclusive), or world mm with --mm")
+    where.add_argument("--point", type=_finite, nargs="+", help="voxel index of the scan (IJK), or world mm with --mm")
+    where.add_argument("--markup", help="3D Slicer .mrk.json point or ROI (LPS or RAS, as the file says)")
+    where.add_argument("--label", help="label map on the scan's grid; the region is --label-value in it")
+    ex.add_argument("--label-value", type=int, help="label value (default: the class)")
+    ex.add_argument("--mm", action="store_true", help="--box/--point are world millimetres (RAS)")
+    ex.add_argument("--preprocessed-grid", action="store_true", help="--box/--point voxel indices refer to the "
+                    "bundle's preprocessed grid (after its orientation and spacing), not the scan's")
+    ex.add_argument("--connected", action="store_true", help="explain the predicted component under the point")
+    ex.add_argument("--method", choices=method_choices(), nargs="+", default=[default_method()],
+                    metavar="METHOD", help=f"one or more of {', '.join(method_choices())} (default "
+                    f"{default_method()})")
+    ex.add_argument("--pool-size", type=_whole(1), nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
+    ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
+    ex.add_argument("--n-masks", type=_whole(1), help="RISE masks (default 200)")
+    ex.add_argument("--counterfactual", action="store_true", help="explain what speaks against the class in the "
+                    "region (CAMs: the gradient of -S; RISE: weights 1 - score); files end in -counterfactual")
+    ex.add_argument("--output-dir", required=True)
+    ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``monai-xres demo|explain|evaluate``."""
+    parser = _Parser(prog="monai-xres", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="explain the sample 3D UNet bundle on a sample CT case")
+    demo.add_argument("--output-dir", default="outputs")
+    demo.add_argument("--rise-masks", type=_whole(1), default=200, help="RISE masks (default 200)")
+    _explain_arguments(sub.add_parser("explain", help="explain any bundle's segmentation of a scan"))
+    ev = sub.add_parser("evaluate", help="faithfulness table of every method on a bundle and scans")
+    ev.add_argument("--bundle", help="bundle folder (default: the shipped 3D UNet bundle)")
+    ev.add_argument("--image", nargs="+", help="scans (default: the sample cases)")
+    ev.add_argument("--label", nargs="+", help="their label maps (default: the sample labels)")
+    ev.add_argument("--class", dest="class_index", type=_whole(0), default=1)
+    ev.add_argument("--label-value", type=int, help="label value of the region (default: the class)")
+    ev.add_argument("--rise-masks", type=_whole(1), default=100)
+    ev.add_argument("--steps", type=_whole(1), default=10, help="deletion/insertion steps")
+    ev.add_argument("--randomisation-steps", type=_whole(1), default=2)
+    ev.add_argument("--halves", action="store_true", help="also explain half of each region (locality)")
+    ev.add_argument("--output-dir", default="outputs/evaluation")
+    return parser
