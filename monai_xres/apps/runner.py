@@ -3,7 +3,7 @@
 ``run_bundle`` runs the bundle's own ``inference.json`` plus its ``explain.json`` overlay (or the
 generic one shipped in ``monai_xres/configs``) through MONAI's ``ConfigWorkflow``, exactly as
 ``python -m monai.bundle run`` does, with the run's values as config overrides. Paths go in as path
-objects (:class:`ConfigPath`), which MONAI's parser leaves alone: it rewrites ``#`` in strings.
+strings MONAI's parser leaves alone (:class:`ConfigStr`: it rewrites ``#`` in plain strings).
 The bundle's own ``SaveImaged`` writes atomically (:func:`~monai_xres.output.writer.atomic_writer`).
 """
 
@@ -18,42 +18,25 @@ from typing import Any
 from monai_xres.apps.errors import UsageError
 from monai_xres.explainers.registry import get_method
 
-__all__ = ["GENERIC_OVERLAY", "ConfigPath", "UsageError", "evaluate_bundle", "mask_parallel_methods", "method_configs",
+__all__ = ["GENERIC_OVERLAY", "ConfigStr", "UsageError", "evaluate_bundle", "mask_parallel_methods", "method_configs",
            "run_bundle", "segmentation_files"]
 
 GENERIC_OVERLAY = Path(__file__).resolve().parents[1] / "configs" / "explain.json"
 
 
-class ConfigPath(os.PathLike):
-    """A path for MONAI bundle configs: not a string, so the parser never rewrites it (``#`` -> ``::``), yet
-    ``@bundle_root + '/models/model.pt'`` in a config expression still gives the plain string."""
+class ConfigStr(str):
+    """A path string for MONAI bundle configs that the config parser leaves as it is.
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._path = os.fspath(path)
-
-    def __fspath__(self) -> str:
-        return self._path
+    MONAI's parser rewrites ``#`` to ``::`` in every string value (``#`` was its old id separator), so a
+    path such as ``/data/case#1.nii.gz`` would silently point elsewhere. The parser normalises with
+    ``str(value).replace("#", "::")``; this string answers both with itself. Everything else is a plain
+    string: ``@bundle_root + '/models/model.pt'`` and the data loader's collation work as usual."""
 
     def __str__(self) -> str:
-        return self._path
+        return self
 
-    def __repr__(self) -> str:
-        return f"ConfigPath({self._path!r})"
-
-    def __add__(self, other: str) -> str:
-        return self._path + other
-
-    def __radd__(self, other: str) -> str:
-        return other + self._path
-
-    def __truediv__(self, other: str) -> Path:
-        return Path(self._path) / other
-
-    def __eq__(self, other: object) -> bool:
-        return os.fspath(other) == self._path if isinstance(other, (str, os.PathLike)) else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._path)
+    def replace(self, old: str, new: str, count: int = -1) -> str:  # type: ignore[override]
+        return self if old == "#" else str.replace(self, old, new, count)
 
 
 def method_configs(methods: Sequence[str], **options: Any) -> dict[str, dict[str, Any]]:
@@ -169,15 +152,15 @@ def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: 
     inference = _bundle_file(bundle, "inference.json")
     overlay = bundle / "configs" / "explain.json"
     overlay = overlay if overlay.is_file() else GENERIC_OVERLAY
-    case = {"image": Path(image), **({"label": Path(label)} if label else {})}
+    case = {"image": ConfigStr(image), **({"label": ConfigStr(label)} if label else {})}
     if os.path.isdir(image):  # a DICOM folder: one series, by the documented rule unless chosen
         series, _ = choose_series(image, series)
     if "markup" in region:
-        region = {**region, "markup": Path(region["markup"])}
+        region = {**region, "markup": ConfigStr(region["markup"])}
     meta = bundle / "configs" / "metadata.json"
     workflow = ConfigWorkflow(
         config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
-        workflow_type="inference", bundle_root=ConfigPath(bundle), output_dir=ConfigPath(os.path.abspath(output_dir)),
+        workflow_type="inference", bundle_root=ConfigStr(bundle), output_dir=ConfigStr(os.path.abspath(output_dir)),
         **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
            "explain_writer#provenance": {"dicom_series": series} if series else {}, **dict(overrides or {})})
     _prepare_workflow(workflow.parser, series)
