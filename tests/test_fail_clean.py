@@ -157,20 +157,20 @@ def test_data_root_dir_that_does_not_hold_the_input_writes_nothing_outside(tmp_p
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["data/scan.nii.gz"]
 
 
-def test_a_hash_in_paths_is_an_ordinary_character(tmp_path, capsys):
+def test_a_hash_in_paths_is_an_ordinary_character_and_counterfactual_maps_say_so(tmp_path, capsys):
     folder = tmp_path / "in#put"
     folder.mkdir()
     scan = folder / "case#1.nii.gz"
     shutil.copy(SCAN, scan)
     out = tmp_path / "out#1"
     code, text = _run(["explain", "--bundle", str(BUNDLE), "--image", str(scan), "--class", "1", "--method",
-                       "seggradcam", "--output-dir", str(out)], capsys)
+                       "seggradcam", "--counterfactual", "--output-dir", str(out)], capsys)
     assert code == 0, text
     written = sorted(p.name for p in (out / "case#1").iterdir())
-    assert written == ["case#1_seg.nii.gz", "case#1_seggradcam_class1.json", "case#1_seggradcam_class1.nii.gz",
-                       "case#1_seggradcam_class1.png"]
-    assert not list(tmp_path.glob("*::*")) and json.loads((out / "case#1" / written[1]).read_text())["input"] == \
-        str(scan)
+    name = "case#1_seggradcam-counterfactual_class1"
+    assert written == ["case#1_seg.nii.gz", f"{name}.json", f"{name}.nii.gz", f"{name}.png"]
+    record = json.loads((out / "case#1" / f"{name}.json").read_text())
+    assert not list(tmp_path.glob("*::*")) and record["input"] == str(scan) and record["method"]["counterfactual"]
 
 
 def test_dicom_folder_of_two_series_follows_the_rule_and_records_the_series(tmp_path, capsys):

@@ -29,39 +29,42 @@ def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -
     (torch's float32 ``nearest-exact`` and exact rational arithmetic each break ties differently on some
     grids, e.g. 37 cells with window 7, 47 with window 2.) ``pool_size="global"`` pools the whole map.
 
-    Raises:
-        ValueError: a window larger than the feature grid along some axis (use ``"global"``).
+    The reduction runs in float64 and one axis at a time; the padding is never larger than the grid (a
+    window longer than an axis pools the whole axis), so memory stays that of ``grad`` for any window.
     """
     grid = tuple(grad.shape[2:])
     if mode not in POOL_MODES:
         raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {mode!r}.")
     if pool_size == "global":
         dims = tuple(range(2, grad.ndim))
-        reduce = {"mean": grad.mean, "sum": grad.sum, "max": grad.amax}[mode]
-        return reduce(dims, keepdim=True).expand_as(grad)
+        reduce = {"mean": grad.double().mean, "sum": grad.double().sum, "max": grad.amax}[mode]
+        return reduce(dims, keepdim=True).to(grad.dtype).expand_as(grad)
     window = window_of(pool_size, len(grid))
-    if any(w > n for w, n in zip(window, grid)):
-        raise ValueError(f"The gradient window {window} is larger than the layer's feature grid {grid}: use at "
-                         "most the grid size per axis, or pool_size='global' for the whole map.")
     if all(w == 1 for w in window):
         return grad
-    pooled = grad
+    pooled = grad.double()
     for axis, w in enumerate(window, start=2):  # block reduction is separable, the padded zeros included
-        if w == 1:
-            continue
-        n = pooled.shape[axis]
-        blocks = -(-n // w)
-        shape = pooled.shape
-        padded = F.pad(pooled.movedim(axis, -1), (0, blocks * w - n)).reshape(*shape[:axis], *shape[axis + 1:],
-                                                                               blocks, w)
-        reduced = padded.amax(-1) if mode == "max" else padded.sum(-1)
-        pooled = reduced.movedim(-1, axis)
+        if w > 1:
+            pooled = _reduce_axis(pooled, axis, w, mode)
     if mode == "mean":
         pooled = pooled / math.prod(window)
     for axis, n in enumerate(grid, start=2):
         index = _nearest_source(n, pooled.shape[axis], pooled.device)
         pooled = pooled.index_select(axis, index)
-    return pooled
+    return pooled.to(grad.dtype)
+
+
+def _reduce_axis(values: torch.Tensor, axis: int, w: int, mode: str) -> torch.Tensor:
+    """Block sums (or maxima) of windows ``w`` along ``axis``, the end zero-padded to a multiple of ``w``."""
+    n = values.shape[axis]
+    if w >= n:  # one block holds the whole axis: its w - n padded zeros add nothing to a sum, a 0 to a max
+        if mode != "max":
+            return values.sum(axis, keepdim=True)
+        peak = values.amax(axis, keepdim=True)
+        return peak.clamp_min(0) if w > n else peak
+    blocks, shape = -(-n // w), values.shape
+    padded = F.pad(values.movedim(axis, -1), (0, blocks * w - n)).reshape(*shape[:axis], *shape[axis + 1:], blocks, w)
+    return (padded.amax(-1) if mode == "max" else padded.sum(-1)).movedim(-1, axis)
 
 
 def _nearest_source(n_out: int, n_in: int, device: torch.device) -> torch.Tensor:
