@@ -94,6 +94,11 @@ class _Strided(nn.Module):
         return self.head(self.features(x))
 
 
+def _strided(seed: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    return _Strided().eval(), torch.randn(1, 1, 94, 94)
+
+
 def _float64_route(net, x, target, window, mode, sign=1.0, reduce="pool"):
     """Independent route in float64: full autograd through a float64 copy, skimage pooling, ReLU, resize."""
     net64 = _Strided().double()
@@ -111,9 +116,7 @@ def _float64_route(net, x, target, window, mode, sign=1.0, reduce="pool"):
 
 @pytest.mark.parametrize("window, mode", [(2, "mean"), (7, "mean"), (3, "max"), (16, "max")])
 def test_map_at_a_47_cell_grid_equals_a_float64_route(window, mode):
-    torch.manual_seed(0)
-    net = _Strided().eval()
-    x = torch.randn(1, 1, 94, 94)
+    net, x = _strided(0)
     target = RegionTarget(1, box=((20, 30), (70, 80)), restrict_to_prediction=False)
     ours = SegXResCAM(net, "features", pool_size=window, pool_mode=mode)(x, target)
     ref = _float64_route(net, x, target, (window, window), mode)
@@ -122,9 +125,7 @@ def test_map_at_a_47_cell_grid_equals_a_float64_route(window, mode):
 
 
 def test_seg_grad_cam_sums_as_published_and_normalises_like_the_mean():
-    torch.manual_seed(1)
-    net = _Strided().eval()
-    x = torch.randn(1, 1, 94, 94)
+    net, x = _strided(1)
     target = RegionTarget(2, restrict_to_prediction=False)
     summed = SegGradCAM(net, "features", reduction="sum").attribute(x, target, upsample=False).saliency
     mean = SegGradCAM(net, "features").attribute(x, target, upsample=False).saliency
@@ -138,9 +139,7 @@ def test_seg_grad_cam_sums_as_published_and_normalises_like_the_mean():
 
 @pytest.mark.parametrize("cls, kwargs", [(SegXResCAM, {"pool_size": 4}), (HiResCAM, {}), (SegGradCAM, {})])
 def test_counterfactual_cam_is_the_published_negative_gradient(cls, kwargs):
-    torch.manual_seed(2)
-    net = _Strided().eval()
-    x = torch.randn(1, 1, 94, 94)
+    net, x = _strided(2)
     target = RegionTarget(1, box=((10, 10), (50, 60)), restrict_to_prediction=False)
     factual = cls(net, "features", **kwargs).attribute(x, target, relu=False).saliency
     against = cls(net, "features", counterfactual=True, **kwargs).attribute(x, target, relu=False).saliency
@@ -153,9 +152,7 @@ def test_counterfactual_cam_is_the_published_negative_gradient(cls, kwargs):
 
 
 def test_counterfactual_rise_weights_masks_by_one_minus_the_score():
-    torch.manual_seed(3)
-    net = _Strided().eval()
-    x = torch.randn(1, 1, 94, 94)
+    net, x = _strided(3)
     target = RegionTarget(1, restrict_to_prediction=False)
     common = {"n_masks": 24, "grid_size": 6, "batch_size": 8, "verbose": False, "score": "logit"}
     plain = SegRISE(net, **common)(x, target).double()
