@@ -44,10 +44,67 @@ def _region(args: argparse.Namespace) -> dict[str, Any]:
         region.update(point=args.point, point_in_mm=args.mm, connected=args.connected)
     elif args.markup is not None:
         region.update(markup=_existing(args.markup, "markup file"), connected=args.connected)
-    elif args.label is not None:
+    elif args.label is not None and not args.instances:  # with --instances the label map is the ground truth
         value = args.class_index if args.label_value is None else args.label_value
         region.update(region_key="label", label_value=value)
+    for name in ("contrast_class", "border_class", "border_mm", "rim", "rim_mm"):
+        if getattr(args, name) is not None:
+            region[name] = getattr(args, name)
     return region
+
+
+def _qc_arguments(ex: argparse.ArgumentParser) -> None:
+    """Instances and their QC table, channel shares, border and contrastive targets, 3D Slicer files."""
+    qc = ex.add_argument_group("instances, channels, borders and 3D Slicer files")
+    qc.add_argument("--instances", action="store_true", help="explain every connected component of the class "
+                    "(with --label: every TP, FP and FN component) and write <case>_instances.csv")
+    qc.add_argument("--min-size", type=int, default=1, help="smallest instance, voxels (default 1)")
+    qc.add_argument("--min-ml", type=float, help="smallest instance, mL")
+    qc.add_argument("--channel-shares", action="store_true", help="each input channel's share of the explanation "
+                    "(gradient x input and per-channel RISE), in the sidecars and the QC table")
+    qc.add_argument("--channel-maps", action="store_true", help="with --channel-shares: one map per channel too")
+    qc.add_argument("--border-class", type=int, help="explain the voxels of --class that touch this class")
+    qc.add_argument("--border-mm", type=float, help="border width, mm (default: touching voxels)")
+    qc.add_argument("--rim", choices=("inner", "outer"), help="explain the inner or outer rim of the region")
+    qc.add_argument("--rim-mm", type=float, help="rim width, mm")
+    qc.add_argument("--contrast-class", type=int, help="score logit(--class) - logit(this class): why A, not B")
+    qc.add_argument("--slicer", action="store_true", help="also write <case>_seg.seg.nrrd (and the instances') with "
+                    "named segments, and a saliency colour table (needs the slicer extra)")
+
+
+def _qc(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``SaliencyWriter`` QC settings of the QC options (None when none is asked for), checked."""
+    from monai_xres.apps.qc import as_qc_settings
+    from monai_xres.output.slicer import class_names
+    from monai_xres.regions.spec import as_region_spec
+
+    try:
+        as_region_spec(_region(args))
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    if args.channel_maps and not args.channel_shares:
+        raise CliError("--channel-maps writes the maps of --channel-shares: add --channel-shares.")
+    if not (args.instances or args.channel_shares or args.slicer):
+        return None
+    if args.slicer:
+        try:
+            import slicerio  # noqa: F401
+        except ImportError as e:
+            raise CliError("--slicer writes .seg.nrrd files with slicerio: pip install 'monai-xres[slicer]'.") from e
+    try:
+        names = class_names(args.bundle)
+    except ValueError:
+        names = {}
+    qc = {"instances": args.instances, "min_voxels": args.min_size, "min_ml": args.min_ml,
+          "channel_shares": args.channel_shares, "channel_maps": args.channel_maps, "slicer": args.slicer,
+          "class_names": {str(k): v for k, v in names.items()}}
+    if args.instances and args.label is not None:
+        qc.update(truth_key="label", truth_value=args.label_value)
+    try:
+        as_qc_settings(qc)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    return qc
 
 
 def _existing(path: str, what: str) -> str:
@@ -117,6 +174,8 @@ def _cohort(args: argparse.Namespace) -> int:
     if args.label is not None:
         raise CliError("--label names one scan's label map: with --datalist, use --class, --box, --point or "
                        "--markup.")
+    if _qc(args) is not None:
+        raise CliError("--instances, --channel-shares and --slicer explain one scan: use --image.")
     if not (Path(args.bundle) / "configs" / "inference.json").is_file():
         raise CliError(f"{args.bundle} is not a MONAI bundle: configs/inference.json is missing.")
     try:
@@ -143,6 +202,9 @@ def _mask_parallel(args: argparse.Namespace, image: str, label: str | None, meth
 
     device = rank_device()
     overrides = {"device": f"$torch.device('{device}')"} if device.type == "cuda" else {}
+    qc = _qc(args)
+    if qc is not None:
+        overrides["explain_writer#qc"] = qc
     with process_group() as (rank, _), tempfile.TemporaryDirectory() as scratch:
         writer = run_bundle(args.bundle, image, args.output_dir if rank == 0 else scratch,
                             mask_parallel_methods(methods), _region(args), label, overrides)
@@ -174,6 +236,7 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--n-masks", type=int, help="RISE masks (default 200)")
     ex.add_argument("--output-dir", required=True)
     ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
+    _qc_arguments(ex)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,7 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = _methods(args)
         if launched_by_torchrun():
             return _mask_parallel(args, image, label, methods)
-        return _report(run_bundle(args.bundle, image, args.output_dir, methods, _region(args), label),
+        qc = _qc(args)
+        overrides = {"explain_writer#qc": qc} if qc is not None else None
+        return _report(run_bundle(args.bundle, image, args.output_dir, methods, _region(args), label, overrides),
                        args.output_dir)
     except CliError as e:
         print(f"monai-xres: error: {e}", file=sys.stderr)

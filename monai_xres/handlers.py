@@ -20,6 +20,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 from torch import nn
 
+from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
 from monai_xres.explainers.registry import build_explainer, name_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
@@ -60,6 +61,8 @@ class SaliencyWriter:
         model_file: the weights file, for the sidecar's SHA-256.
         network: the network explainer configs are built for (bundle overlays pass ``"@network"``).
         raise_errors: raise a case's error instead of logging it and going on.
+        qc: :class:`~monai_xres.apps.qc.QCSettings` or a dict of its fields: every instance explained with a QC
+            table, channel shares in the sidecars, ``.seg.nrrd`` files for 3D Slicer (None: none of them).
 
     Attributes:
         errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
@@ -74,7 +77,8 @@ class SaliencyWriter:
                  output_ext: str = ".nii.gz",
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
-                 network: nn.Module | None = None, raise_errors: bool = False) -> None:
+                 network: nn.Module | None = None, raise_errors: bool = False,
+                 qc: QCSettings | Mapping | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -96,6 +100,7 @@ class SaliencyWriter:
                 self.model_sha256 = sha256_file(self.model_file)
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
+        self.qc = as_qc_settings(qc)
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
         self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
@@ -150,6 +155,14 @@ class SaliencyWriter:
                     message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
                     logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
                     self.errors.append({"case": case, "method": method, "region": region, "error": message})
+        if self.qc is not None and self.qc.active:
+            try:
+                files += write_case_qc(self, data)
+            except _CASE_ERRORS as e:
+                if self.raise_errors:
+                    raise
+                logger.error("SaliencyWriter skipped the QC of %s: %s", case, e)
+                self.errors.append({"case": case, "method": "qc", "region": "all", "error": f"Case {case}: {e}"})
         return files
 
     def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
@@ -177,7 +190,8 @@ class SaliencyWriter:
         if self.write_sidecar:
             world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
-                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
+                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
+                            **channel_facts(self, data, region, spec, explanation, facts)}
             params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
             extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
                      "inferer": None if self.inferer is None else type(self.inferer).__name__}
