@@ -1,8 +1,8 @@
 """Border and rim regions, and the area a Dice score looks at for them.
 
-A *border* target is the voxels of class ``A`` that touch class ``B`` (face neighbours), or, with a width,
-that lie within that many mm of ``B``: "what decides where the spleen ends and the kidney begins". A *rim*
-target is the inner or outer band of a region, of a width in mm. Distances are Euclidean in mm, with the
+A *border* target is the voxels of class ``A`` that touch class ``B`` (face neighbours) or, with a width,
+also those within that many mm of ``B``: "what decides where the spleen ends and the kidney begins". A *rim*
+target is the inner or outer band of a region, of a width in mm (the layer touching the boundary always included). Distances are Euclidean in mm, with the
 voxel size read from the output grid's affine (``scipy.ndimage.distance_transform_edt``).
 
 The functions take the target duck-typed (its ``border_class``, ``border_mm``, ``rim``, ``rim_mm`` and
@@ -62,13 +62,13 @@ def grid_spacing(affine: Any | None, n_dims: int, what: str) -> tuple[float, ...
 
 
 def near(mask: torch.Tensor, width_mm: float | None = None, spacing: Sequence[float] | None = None) -> torch.Tensor:
-    """Voxels outside ``mask`` (bool ``spatial``) that touch it (face neighbours) or, with ``width_mm``, lie
-    within that distance of it (mm, with ``spacing``)."""
+    """Voxels outside ``mask`` (bool ``spatial``) that touch it (face neighbours) and, with ``width_mm``, also
+    those within that distance of it (mm, with ``spacing``): a width below the voxel size keeps the touching
+    layer."""
     array = mask.cpu().numpy()
-    if width_mm is None:
-        grown = ndimage.binary_dilation(array, ndimage.generate_binary_structure(array.ndim, 1))
-    else:
-        grown = ndimage.distance_transform_edt(~array, sampling=spacing) <= width_mm
+    grown = ndimage.binary_dilation(array, ndimage.generate_binary_structure(array.ndim, 1))
+    if width_mm is not None:
+        grown |= ndimage.distance_transform_edt(~array, sampling=spacing) <= width_mm
     return torch.from_numpy(grown & ~array).to(mask.device)
 
 
