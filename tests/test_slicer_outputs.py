@@ -32,8 +32,8 @@ def test_seg_nrrd_reads_back_with_slicerio_and_simpleitk_on_the_scan_geometry(tm
     labels = np.zeros((20, 16, 9), np.int16)
     labels[2:8, 3:9, 1:4] = 1
     labels[10:15, 4:12, 5:8] = 4
-    path = write_seg_nrrd(tmp_path / "case_seg.seg.nrrd", labels, affine,
-                          [{"value": 1, "name": "spleen"}, {"value": 4, "name": "liver"}, {"value": 2, "name": "kidney"}])
+    segments = [{"value": 1, "name": "spleen"}, {"value": 4, "name": "liver"}, {"value": 2, "name": "kidney"}]
+    path = write_seg_nrrd(tmp_path / "case_seg.seg.nrrd", labels, affine, segments)
     seg = slicerio.read_segmentation(path)
     assert [(s["name"], s["labelValue"]) for s in seg["segments"]] == [("spleen", 1), ("liver", 4), ("kidney", 2)]
     np.testing.assert_array_equal(seg["voxels"], labels)

@@ -2,7 +2,8 @@
 
 A *border* target is the voxels of class ``A`` that touch class ``B`` (face neighbours) or, with a width,
 also those within that many mm of ``B``: "what decides where the spleen ends and the kidney begins". A *rim*
-target is the inner or outer band of a region, of a width in mm (the layer touching the boundary always included). Distances are Euclidean in mm, with the
+target is the inner or outer band of a region, of a width in mm. The layer touching the boundary is always
+included, so a width below the voxel size still gives one layer. Distances are Euclidean in mm, with the
 voxel size read from the output grid's affine (``scipy.ndimage.distance_transform_edt``).
 
 The functions take the target duck-typed (its ``border_class``, ``border_mm``, ``rim``, ``rim_mm`` and
