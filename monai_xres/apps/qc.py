@@ -167,12 +167,14 @@ def write_case_qc(writer: Any, data: Mapping) -> list[str]:
 
 
 def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, settings: QCSettings) -> list[str]:
-    labels = like_image(logits[0].argmax(0, keepdim=True).float(), image)
-    labels = writer._invert({"saliency": labels, "region": labels})["region"]
+    # as the bundles' own postprocessing: softmax, inverted linearly to the scan, then argmax
+    probs = logits[0].softmax(0) if logits.shape[1] > 1 else logits[0].sigmoid()
+    probs = writer._invert({"saliency": like_image(probs, image)})["saliency"]
+    labels = probs.argmax(0, keepdim=True) if probs.shape[0] > 1 else (probs > 0.5).to(torch.int64)
     values = sorted(int(v) for v in torch.unique(labels.as_tensor()) if int(v) > 0)
     classes = sorted({*values, *(int(k) for k in settings.class_names if int(k) > 0)})
     segments = [{"value": c, "name": settings.name(c)} for c in classes if c < logits.shape[1]]
-    seg = write_seg_nrrd(_path(writer, image, "seg", ".seg.nrrd"), labels[0].round().int().cpu().numpy(),
+    seg = write_seg_nrrd(_path(writer, image, "seg", ".seg.nrrd"), labels[0].int().cpu().numpy(),
                          labels.affine.cpu().numpy(), segments, image_space(labels))
     return [seg, write_color_table(_path(writer, image, "saliency", ".ctbl"))]
 

@@ -122,7 +122,7 @@ class RegionSpec:
 
     def describe(self) -> dict:
         """JSON-friendly description, for provenance sidecars."""
-        out = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v is not False}  # keeps class 0
         out["class_index"] = self.class_index
         return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in out.items()}
 
