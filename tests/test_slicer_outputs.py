@@ -105,3 +105,38 @@ def test_qc_table_and_instance_facts(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[0]["kind"] == "TP" and float(rows[0]["volume_ml"]) == pytest.approx(0.096)
     assert rows[1]["context_radius_mm"] == "nan" and rows[1]["volume_ml"] == ""
+
+
+def test_saliency_writer_qc_writes_every_instance_without_a_bundle(tmp_path, small_unet):
+    """The handler's QC on a plain MetaTensor case (no preprocessing to invert): one map per instance and
+    method, the label map, the table, the .seg.nrrd files; the instances are the predicted components."""
+    from monai.data import MetaTensor
+
+    from monai_xres import SegXResCAM
+    from monai_xres.handlers import SaliencyWriter
+    from monai_xres.regions.instances import components
+
+    net = small_unet(3, out_channels=2, seed=0)
+    torch.manual_seed(0)
+    affine = torch.tensor(_oblique_affine(), dtype=torch.float64)
+    image = MetaTensor(torch.randn(1, 32, 32, 16), affine=affine, meta={"filename_or_obj": str(tmp_path / "c.nii.gz")})
+    writer = SaliencyWriter({"cam": SegXResCAM(net, pool_size=2)}, 1, tmp_path / "out", overlay=False,
+                            qc={"instances": True, "min_voxels": 3, "slicer": True, "class_names": {"1": "blob"}})
+    writer.write_case({"image": image})
+    assert writer.errors == []
+    with torch.no_grad():
+        predicted = net(image.as_tensor()[None])[0].argmax(0) == 1
+    expected = components(predicted, min_voxels=3)
+    folder = tmp_path / "out" / "c"
+    with open(folder / "c_instances.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["n_voxels"]) for r in rows] == [int(m.sum()) for m in expected] and len(rows) > 1
+    for row in rows:
+        assert (folder / f"c_cam_class1-instance{int(row['id']):03d}.nii.gz").is_file()
+    labels = np.asarray(nib.load(folder / "c_instances.nii.gz").dataobj)
+    for k, mask in enumerate(expected, start=1):
+        np.testing.assert_array_equal(labels == k, mask.numpy())
+    seg = slicerio.read_segmentation(str(folder / "c_instances.seg.nrrd"))
+    assert [s["name"] for s in seg["segments"]] == [f"blob {r['id']} predicted" for r in rows]
+    np.testing.assert_allclose(seg["ijkToLPS"], np.diag([-1, -1, 1, 1]) @ _oblique_affine(), atol=1e-6)
+    assert (folder / "c_seg.seg.nrrd").is_file() and (folder / "c_saliency.ctbl").is_file()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -181,46 +181,56 @@ def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, se
 
 def _write_instances(writer: Any, data: Mapping, image: MetaTensor, x: torch.Tensor, logits: torch.Tensor,
                      spec: Any, name: str, suffix: str) -> list[str]:
+    """Every instance of one region spec: its maps, its row of the QC table, the instance label map."""
     settings: QCSettings = writer.qc
     base, _ = spec.resolve(data, image)
-    affine = image.affine
-    pairs = base.instances(logits[0], _truth(settings, data, image), affine, settings.min_voxels, settings.min_ml,
-                           settings.truth_value)
-    rows = [{"id": inst.id, "kind": inst.kind,
-             **instance_facts(inst.mask, logits[0], base.class_index, affine, image_space(image))} for inst, _ in pairs]
-    files: list[str] = []
-    x_meta = MetaTensor(x, affine=affine)
-    spacing = spacing_of(x_meta)
-    network = _network(writer)
-    for (_, target), row in zip(pairs, rows):
-        row["context_radius_mm"] = context_radius(network, x_meta, target, settings.context_radii,
-                                                  settings.dice_threshold, inferer=writer.inferer,
-                                                  logits=logits).radius
-    targets = [t for _, t in pairs]
-    for method, explainer in writer.explainers.items() if targets else ():
-        if writer.inferer is not None:  # as ExplainRegiond: explain the stitched output where the method can
-            explainer = explainer.with_inferer(writer.inferer) or explainer
-        result = explain_regions(explainer, x, targets)
-        for k, ((inst, _), row) in enumerate(zip(pairs, rows)):
-            row.update(saliency_facts(result.saliency[k, 0], inst.mask, spacing, method))
-            files.append(_save_instance_map(writer, image, result.saliency[k], method, name, inst, explainer))
-    if settings.channel_shares:
-        for (_, target), row in zip(pairs, rows):
-            shares = channel_shares(network, x_meta, target, n_masks=settings.channel_masks, inferer=writer.inferer)
-            for estimator, share in shares.items():
-                row.update({f"channel{c}_share_{estimator}": v for c, v in enumerate(share.share)})
+    pairs = base.instances(logits[0], _truth(settings, data, image), image.affine, settings.min_voxels,
+                           settings.min_ml, settings.truth_value)
+    x_meta = MetaTensor(x, affine=image.affine)
+    rows = _rows(writer, x_meta, logits, base.class_index, pairs, image_space(image))
+    files = _instance_maps(writer, image, x_meta, pairs, rows, name)
     labels = like_image(instance_label_map([i for i, _ in pairs], tuple(x.shape[2:]))[None].float(), image)
-    labels = writer._invert({"saliency": labels, "region": labels})["region"]
+    labels = writer._invert({"saliency": labels, "region": labels})["region"].round()
     out, ext, separate, root = _layout(writer)
-    files.append(save_map(labels.round(), out, f"instances{suffix}", ext, separate, root, dtype=np.int16))
-    files.append(write_table(_path(writer, image, f"instances{suffix}", ".csv"), rows))
+    files.append(save_map(labels, out, f"instances{suffix}", ext, separate, root, dtype=np.int16))
+    files.append(write_table(_path(writer, image, f"instances{suffix}", ".csv"), rows, ["id", "kind"]))
     if settings.slicer:
         cls = settings.name(base.class_index)
         segments = [{"value": inst.id, "name": f"{cls} {inst.id} {inst.kind}",
                      "color": KIND_COLOURS.get(inst.kind) or segment_colour(cls, inst.id)} for inst, _ in pairs]
         files.append(write_seg_nrrd(_path(writer, image, f"instances{suffix}", ".seg.nrrd"),
-                                    labels[0].round().int().cpu().numpy(), labels.affine.cpu().numpy(), segments,
+                                    labels[0].int().cpu().numpy(), labels.affine.cpu().numpy(), segments,
                                     image_space(labels)))
+    return files
+
+
+def _rows(writer: Any, x: MetaTensor, logits: torch.Tensor, class_index: int, pairs: list, space: str) -> list[dict]:
+    """The QC table's rows before the maps: what each instance is, its context radius, its channel shares."""
+    settings, network = writer.qc, _network(writer)
+    rows = []
+    for inst, target in pairs:
+        row = {"id": inst.id, "kind": inst.kind, **instance_facts(inst.mask, logits[0], class_index, x.affine, space)}
+        row["context_radius_mm"] = context_radius(network, x, target, settings.context_radii, settings.dice_threshold,
+                                                  inferer=writer.inferer, logits=logits).radius
+        if settings.channel_shares:
+            shares = channel_shares(network, x, target, n_masks=settings.channel_masks, inferer=writer.inferer)
+            for estimator, share in shares.items():
+                row.update({f"channel{c}_share_{estimator}": v for c, v in enumerate(share.share)})
+        rows.append(row)
+    return rows
+
+
+def _instance_maps(writer: Any, image: MetaTensor, x: MetaTensor, pairs: list, rows: list[dict],
+                   region: str) -> list[str]:
+    """Every method's maps of all instances at once (shared work), written on the scan; their columns."""
+    files, spacing, targets = [], spacing_of(x), [t for _, t in pairs]
+    for method, explainer in writer.explainers.items() if targets else ():
+        if writer.inferer is not None:  # as ExplainRegiond: explain the stitched output where the method can
+            explainer = explainer.with_inferer(writer.inferer) or explainer
+        result = explain_regions(explainer, x.as_tensor(), targets)
+        for k, ((inst, _), row) in enumerate(zip(pairs, rows)):
+            row.update(saliency_facts(result.saliency[k, 0], inst.mask, spacing, method))
+            files.append(_save_instance_map(writer, image, result.saliency[k], method, region, inst, explainer))
     return files
 
 
@@ -234,8 +244,3 @@ def _save_instance_map(writer: Any, image: MetaTensor, saliency: torch.Tensor, m
                      writer.model_sha256, writer.model_file)
     atomic_write_text(final[: -len(writer.output_ext)] + ".json", json.dumps(record, indent=2))
     return final
-
-
-def describe(settings: QCSettings) -> dict[str, Any]:
-    """JSON-friendly settings, for provenance."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}

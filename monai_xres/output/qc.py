@@ -74,9 +74,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_table(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write ``rows`` as CSV (columns in first-seen order; a missing value is empty), atomically."""
-    columns: list[str] = []
+def write_table(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], first: Sequence[str] = ()) -> str:
+    """Write ``rows`` as CSV, atomically: the ``first`` columns, then the others in first-seen order (a missing
+    value is empty); with no rows, the header of the ``first`` columns alone."""
+    columns: list[str] = list(first)
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()
