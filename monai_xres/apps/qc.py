@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from tqdm.auto import tqdm
 
 from monai_xres.explainers.base import predict
 from monai_xres.explainers.instances import explain_regions
@@ -208,7 +209,7 @@ def _rows(writer: Any, x: MetaTensor, logits: torch.Tensor, class_index: int, pa
     """The QC table's rows before the maps: what each instance is, its context radius, its channel shares."""
     settings, network = writer.qc, _network(writer)
     rows = []
-    for inst, target in pairs:
+    for inst, target in tqdm(pairs, desc="instances", unit="instance", disable=None, leave=False):
         row = {"id": inst.id, "kind": inst.kind, **instance_facts(inst.mask, logits[0], class_index, x.affine, space)}
         row["context_radius_mm"] = context_radius(network, x, target, settings.context_radii, settings.dice_threshold,
                                                   inferer=writer.inferer, logits=logits).radius
