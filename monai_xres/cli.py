@@ -59,10 +59,42 @@ def _region(args: argparse.Namespace) -> dict[str, Any]:
         path = _existing(args.markup, "markup file")
         read_markup(path)  # a file that is not a Slicer markup is named now, not after the segmentation
         region.update(markup=path, connected=args.connected)
-    elif args.label is not None:
+    elif args.label is not None and not args.instances:  # with --instances the label map is the ground truth
         value = args.class_index if args.label_value is None else args.label_value
         region.update(region_key="label", label_value=value)
+    for name in ("contrast_class", "border_class", "border_mm", "rim", "rim_mm"):
+        if getattr(args, name) is not None:
+            region[name] = getattr(args, name)
     return region
+
+
+def _qc(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``SaliencyWriter`` QC settings of the QC options (None when none is asked for), checked."""
+    from monai_xres.apps.qc import as_qc_settings
+    from monai_xres.output.slicer import class_names
+    from monai_xres.regions.spec import as_region_spec
+
+    as_region_spec(_region(args))
+    if args.channel_maps and not args.channel_shares:
+        raise CliError("--channel-maps writes the maps of --channel-shares: add --channel-shares.")
+    if not (args.instances or args.channel_shares or args.slicer):
+        return None
+    if args.slicer:
+        try:
+            import slicerio  # noqa: F401
+        except ImportError as e:
+            raise CliError("--slicer writes .seg.nrrd files with slicerio: pip install 'monai-xres[slicer]'.") from e
+    try:
+        names = class_names(args.bundle)
+    except ValueError:
+        names = {}
+    qc = {"instances": args.instances, "min_voxels": args.min_size, "min_ml": args.min_ml,
+          "channel_shares": args.channel_shares, "channel_maps": args.channel_maps, "slicer": args.slicer,
+          "class_names": {str(k): v for k, v in names.items()}}
+    if args.instances and args.label is not None:
+        qc.update(truth_key="label", truth_value=args.label_value)
+    as_qc_settings(qc)
+    return qc
 
 
 def _existing(path: str, what: str) -> str:
@@ -102,7 +134,7 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
     network, then the scans. Nothing is written."""
     plan: dict[str, Any] = {"bundle": checks.check_bundle(args.bundle),
                             "output_dir": str(checks.check_output_dir(args.output_dir)),
-                            "region": _region(args), "methods": _methods(args)}
+                            "region": _region(args), "methods": _methods(args), "qc": _qc(args)}
     facts = checks.inspect_bundle(plan["bundle"])
     checks.check_explainers(plan["methods"], facts, args.class_index)
     if args.datalist is not None:
@@ -111,6 +143,8 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
         if args.label is not None or args.series is not None:
             raise CliError("--label and --series name one scan's files: with --datalist, give each case's label "
                            "in the list and use --class, --box, --point or --markup.")
+        if plan["qc"] is not None:
+            raise CliError("--instances, --channel-shares and --slicer explain one scan: use --image.")
         plan["cases"] = read_datalist(args.datalist)
         missing = [c["image"] for c in plan["cases"] if not os.path.exists(c["image"])]
         if missing:
@@ -121,6 +155,10 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
     checks.check_scan_fits(plan["scan"], facts)
     plan["label"] = checks.check_scan(_existing(args.label, "label map")).path if args.label else None
     return plan
+
+
+def _qc_overrides(plan: dict[str, Any]) -> dict[str, Any]:
+    return {} if plan["qc"] is None else {"explain_writer#qc": plan["qc"]}
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -134,7 +172,7 @@ def _explain(args: argparse.Namespace) -> int:
         return _mask_parallel(plan)
     with output_lock(plan["output_dir"]):
         writer = run_bundle(plan["bundle"], scan.path, plan["output_dir"], plan["methods"], plan["region"],
-                            plan["label"], series=scan.series)
+                            plan["label"], _qc_overrides(plan), series=scan.series)
     return _report(writer, plan["output_dir"])
 
 
@@ -164,6 +202,7 @@ def _mask_parallel(plan: dict[str, Any]) -> int:
 
     device, output_dir, scan = rank_device(), plan["output_dir"], plan["scan"]
     overrides = {"device": f"$torch.device('{device}')"} if device.type == "cuda" else {}
+    overrides.update(_qc_overrides(plan))
     with process_group() as (rank, _), job_lock(output_dir, rank), tempfile.TemporaryDirectory() as scratch:
         writer = run_bundle(plan["bundle"], scan.path, output_dir if rank == 0 else scratch,
                             mask_parallel_methods(plan["methods"]), plan["region"], plan["label"], overrides,

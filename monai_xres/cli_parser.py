@@ -77,6 +77,34 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                     "region (CAMs: the gradient of -S; RISE: weights 1 - score); files end in -counterfactual")
     ex.add_argument("--output-dir", required=True)
     ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
+    _qc_arguments(ex)
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def _qc_arguments(ex: argparse.ArgumentParser) -> None:
+    """Instances and their QC table, channel shares, border and contrastive targets, 3D Slicer files."""
+    qc = ex.add_argument_group("instances, channels, borders and 3D Slicer files")
+    qc.add_argument("--instances", action="store_true", help="explain every connected component of the class "
+                    "(with --label: every TP, FP and FN component) and write <case>_instances.csv")
+    qc.add_argument("--min-size", type=_whole(1), default=1, help="smallest instance, voxels (default 1)")
+    qc.add_argument("--min-ml", type=_positive, help="smallest instance, mL")
+    qc.add_argument("--channel-shares", action="store_true", help="each input channel's share of the explanation "
+                    "(gradient x input and per-channel RISE), in the sidecars and the QC table")
+    qc.add_argument("--channel-maps", action="store_true", help="with --channel-shares: one map per channel too")
+    qc.add_argument("--border-class", type=_whole(0), help="explain the voxels of --class that touch this class")
+    qc.add_argument("--border-mm", type=_positive, help="border width, mm (default: touching voxels)")
+    qc.add_argument("--rim", choices=("inner", "outer"), help="explain the inner or outer rim of the region")
+    qc.add_argument("--rim-mm", type=_positive, help="rim width, mm")
+    qc.add_argument("--contrast-class", type=_whole(0), help="score logit(--class) - logit(this class): why A, "
+                    "not B")
+    qc.add_argument("--slicer", action="store_true", help="also write <case>_seg.seg.nrrd (and the instances') with "
+                    "named segments, and a saliency colour table (needs the slicer extra)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 from torch import nn
 
+from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
 from monai_xres.explainers.registry import build_explainer, name_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
@@ -62,6 +63,8 @@ class SaliencyWriter:
         network: the network explainer configs are built for (bundle overlays pass ``"@network"``).
         provenance: more facts recorded in every sidecar (e.g. the DICOM series read).
         raise_errors: raise a case's error instead of logging it and going on.
+        qc: :class:`~monai_xres.apps.qc.QCSettings` or a dict of its fields: every instance explained with a QC
+            table, channel shares in the sidecars, ``.seg.nrrd`` files for 3D Slicer (None: none of them).
 
     Attributes:
         errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
@@ -77,7 +80,7 @@ class SaliencyWriter:
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
                  network: nn.Module | None = None, raise_errors: bool = False,
-                 provenance: Mapping[str, Any] | None = None) -> None:
+                 provenance: Mapping[str, Any] | None = None, qc: QCSettings | Mapping | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -100,6 +103,7 @@ class SaliencyWriter:
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
         self.provenance = dict(provenance or {})
+        self.qc = as_qc_settings(qc)
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
         self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
@@ -154,6 +158,14 @@ class SaliencyWriter:
                     message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
                     logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
                     self.errors.append({"case": case, "method": method, "region": region, "error": message})
+        if self.qc is not None and self.qc.active:
+            try:
+                files += write_case_qc(self, data)
+            except _CASE_ERRORS as e:
+                if self.raise_errors:
+                    raise
+                logger.error("SaliencyWriter skipped the QC of %s: %s", case, e)
+                self.errors.append({"case": case, "method": "qc", "region": "all", "error": f"Case {case}: {e}"})
         return files
 
     def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
@@ -184,7 +196,8 @@ class SaliencyWriter:
         if self.write_sidecar:
             world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
-                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
+                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
+                            **channel_facts(self, data, region, spec, explanation, facts)}
             self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data)
         return final
 

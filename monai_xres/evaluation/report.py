@@ -23,14 +23,14 @@ _HEADERS = {
     "deletion_auc": ("deletion AUC", "↓"), "insertion_auc": ("insertion AUC", "↑"),
     "deletion_auc_dice": ("deletion AUC (Dice)", "↓"), "insertion_auc_dice": ("insertion AUC (Dice)", "↑"),
     "randomisation_spearman": ("rand. Spearman", "↓"), "randomisation_ssim": ("rand. SSIM", "↓"),
-    "randomisation_flagged": ("flagged", "↓"),
+    "randomisation_flagged": ("flagged", "↓"), "context_radius_mm": ("context radius mm", ""),
 }
 
 
 def _header(metric: str, reference: str) -> str:
     if metric in _HEADERS:
         name, arrow = _HEADERS[metric]
-        return f"{name} {arrow}"
+        return f"{name} {arrow}".rstrip()
     if metric.startswith("masking_"):
         kind, dilation = metric.split("_")[1:]
         return f"masking {'Dice ↑' if kind == 'dice' else 'retained ↓'} (+{dilation[:-2]} mm)"
@@ -73,7 +73,10 @@ def _legend(evaluation: Evaluation) -> str:
         f"the output ({s.randomisation_steps or 'every'} depths), Spearman/SSIM of the fully randomised map with "
         "the original; flagged: Spearman > 0.5 (the map does not depend on the weights). Locality: share of the "
         f"normalised saliency mass within the distance of the region; a flat map gets {chance}. Spearman vs "
-        f"{s.reference}: rank correlation of the map with {s.reference}'s.",
+        f"{s.reference}: rank correlation of the map with {s.reference}'s. Context radius: the smallest margin "
+        "(mm) around the region such that keeping only the image within it keeps the region's Dice above 0.9 "
+        "(the dilation test; a property of the region and the network, the same for every method; inf: none of "
+        "the tested margins, NaN: the region is not predicted).",
     ])
 
 

@@ -90,4 +90,4 @@ def metric_names(settings: EvaluationSettings) -> list[str]:
     return ([f"masking_{k}_{d:g}mm" for d in ends for k in ("dice", "retained")]
             + ["deletion_auc", "insertion_auc", "deletion_auc_dice", "insertion_auc_dice",
                "randomisation_spearman", "randomisation_ssim", "randomisation_flagged"]
-            + [f"locality_{d:g}mm" for d in settings.distances] + ["spearman_vs_reference"])
+            + [f"locality_{d:g}mm" for d in settings.distances] + ["spearman_vs_reference", "context_radius_mm"])

@@ -19,6 +19,7 @@ from monai_xres.evaluation.report import write_report
 from monai_xres.evaluation.results import Evaluation, EvaluationSettings, metric_names
 from monai_xres.explainers.base import Explainer, predict
 from monai_xres.explainers.registry import get_method, method_names
+from monai_xres.metrics.context import context_radius
 from monai_xres.metrics.faithfulness import deletion_insertion, locality, masking_curve, spacing_of
 from monai_xres.metrics.randomisation import randomisation_check
 from monai_xres.metrics.similarity import agreement
@@ -140,6 +141,8 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
     spacing = spacing_of(image, s.spacing)
     network = next(iter(explainers.values())).network
     common = {"fill": s.fill, "batch_size": s.batch_size, "verbose": verbose}
+    # a property of the region and the network, not of a map: measured once, the same in every method's row
+    radius = context_radius(network, image, target, fill=s.fill, spacing=spacing, batch_size=s.batch_size).radius
     for name, explanation in explanations.items():
         sal = explanation.saliency
         mask = masking_curve(network, image, sal, target, s.threshold, s.dilations, spacing, **common)
@@ -156,7 +159,7 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
                   "randomisation_spearman": random.spearman[-1] if random else math.nan,
                   "randomisation_ssim": random.ssim[-1] if random else math.nan,
                   "randomisation_flagged": float(random.flagged) if random else math.nan,
-                  "spearman_vs_reference": agree.get(name, math.nan)}
+                  "spearman_vs_reference": agree.get(name, math.nan), "context_radius_mm": radius}
         record.update({f"locality_{d:g}mm": v for d, v in zip(local["distance"], local["share"])})
         for d, dice, kept in zip(mask.dilation, mask.dice, mask.retained):  # the table shows the first and last
             record.update({k: v for k, v in ((f"masking_dice_{d:g}mm", dice), (f"masking_retained_{d:g}mm", kept))

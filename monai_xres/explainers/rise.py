@@ -23,7 +23,6 @@ from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec, _check_ints
 from monai_xres.explainers.rise_scoring import ScoreSettings, region_scorer
 from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, mask_batches, stream_masks
 from monai_xres.networks import network_stride
-from monai_xres.regions.scores import predicted_class_mask
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["BatchSettings", "CropSettings", "MaskSettings", "ScoreSettings", "SegRISE"]
@@ -205,10 +204,8 @@ class SegRISE(Explainer):
     def _explain_one(self, x: torch.Tensor, logits: torch.Tensor, target: RegionTarget, region: torch.Tensor,
                      affine, spec: MaskSpec, masks: Masks | None) -> dict:
         spatial = tuple(x.shape[2:])
-        area = region
-        if target.restrict_to_prediction:
-            area = dataclasses.replace(target, restrict_to_prediction=False).region(logits, affine)
-        reference = predicted_class_mask(logits, target.class_index) & area
+        area = target.score_area(logits, affine)  # W; for border/rim targets the band around the boundary
+        reference = target.decision(logits[None])[0] & area
         kind = self.scoring.score
         if kind != "logit" and not bool(reference.any()):
             raise ValueError(f"No voxel of the region is predicted as class {target.class_index}, so a Dice "

@@ -88,10 +88,10 @@ def atomic_writer(writer: type) -> type:
 
 
 def _saver(output_dir: str | os.PathLike, postfix: str, ext: str, separate_folder: bool,
-           data_root_dir: str | os.PathLike) -> Any:
+           data_root_dir: str | os.PathLike, dtype: Any = np.float32) -> Any:
     from monai.transforms import SaveImage
 
-    return SaveImage(os.fspath(output_dir), output_postfix=postfix, output_ext=ext, output_dtype=np.float32,
+    return SaveImage(os.fspath(output_dir), output_postfix=postfix, output_ext=ext, output_dtype=dtype,
                      resample=False, separate_folder=separate_folder, print_log=False, squeeze_end_dims=False,
                      data_root_dir=os.fspath(data_root_dir), writer="ITKWriter", channel_dim=None)
 
@@ -106,14 +106,15 @@ def map_path(meta: dict, output_dir: str | os.PathLike, postfix: str, ext: str =
 
 
 def save_map(saliency: Any, output_dir: str | os.PathLike, postfix: str, ext: str = ".nii.gz",
-             separate_folder: bool = True, data_root_dir: str | os.PathLike = "") -> str:
-    """Write a map ``MetaTensor`` ``(1, *spatial)`` as float32 in its own geometry, atomically; return the path.
+             separate_folder: bool = True, data_root_dir: str | os.PathLike = "", dtype: Any = np.float32) -> str:
+    """Write a map ``MetaTensor`` ``(1, *spatial)`` as float32 (or ``dtype``, e.g. ``np.int16`` for a label
+    map) in its own geometry, atomically; return the path.
 
     MONAI's ``SaveImage`` with the ITK writer names the file (``<case>_<postfix><ext>``, in a per-case folder
     with ``separate_folder``). The channel is dropped and trailing singleton axes kept, so a one-slice
     scan stays a 3D file with its z origin (``NibabelWriter`` would add a fourth axis).
     """
-    saver = _saver(output_dir, postfix, ext, separate_folder, data_root_dir)
+    saver = _saver(output_dir, postfix, ext, separate_folder, data_root_dir, dtype)
     final = map_path(saliency.meta, output_dir, postfix, ext, separate_folder, data_root_dir)
     with atomic_path(final, ext) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*SaveImage `channel_dim` is set to None")  # intended

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from typing import Any
 
@@ -69,6 +69,9 @@ class RegionSpec:
         restrict_to_prediction: intersect the region with the predicted class (see ``RegionTarget``).
         softmax: score probabilities instead of logits (see ``RegionTarget``).
         name: short name used in output keys and file names (default: derived from the region).
+        contrast_class, border_class, border_mm, rim, rim_mm: contrastive, border and rim targets (see
+            :class:`~monai_xres.regions.RegionTarget`); the default name then says so (``class1-vs2``,
+            ``class1-border2``, ``class1-rim-inner3mm``).
 
     A markup ROI becomes a voxel box: the voxels whose centres lie in the ROI's axis-aligned hull on the
     preprocessed grid, clipped to the scan (see :func:`world_box_to_voxels`).
@@ -89,6 +92,11 @@ class RegionSpec:
     softmax: bool = False
     name: str | None = None
     voxel_grid: str = "scan"
+    contrast_class: int | None = None
+    border_class: int | None = None
+    border_mm: float | None = None
+    rim: str | None = None
+    rim_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.voxel_grid not in ("scan", "preprocessed"):
@@ -100,13 +108,21 @@ class RegionSpec:
             raise ValueError("label_value selects a label in a label map: give region_key=... too.")
         if self.connected and not {"point", "markup", "markup_key"} & set(given):
             raise ValueError("connected=True takes the component under a point: give point=... or a markup.")
-        RegionTarget(self.class_index)  # validates the class index early
+        RegionTarget(self.class_index, **self._target_fields())  # validates the class and target fields early
+
+    def _target_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("contrast_class", "border_class", "border_mm", "rim", "rim_mm")}
 
     @property
     def label(self) -> str:
         """The name used in keys and file names, e.g. ``class1``, ``label3``, ``box``, ``markup``."""
         if self.name:
             return self.name
+        return self._base_label() + "".join(f"-{text}" for text, value in (
+            (f"vs{self.contrast_class}", self.contrast_class), (f"border{self.border_class}", self.border_class),
+            (f"rim-{self.rim}{self.rim_mm:g}mm" if self.rim else "", self.rim)) if value is not None)
+
+    def _base_label(self) -> str:
         if self.region_key is not None:
             return f"{self.region_key}{self.label_value if self.label_value is not None else ''}"
         for kind in ("box", "point", "markup", "markup_key"):
@@ -116,7 +132,7 @@ class RegionSpec:
 
     def describe(self) -> dict:
         """JSON-friendly description, for provenance sidecars."""
-        out = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v is not False}  # keeps class 0
         out["class_index"] = self.class_index
         return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in out.items()}
 
@@ -127,8 +143,20 @@ class RegionSpec:
             ValueError: a missing key, an unreadable markups file, a point or ROI outside the scan, or a
                 world position without an image affine.
         """
+        target, facts = self._resolve(data, image)
+        if (self.border_mm is None and self.rim_mm is None) or getattr(image, "affine", None) is None:
+            return target, facts
+        # widths in mm need the grid's affine; a voxel point is then given in mm, as the target reads it
+        affine = image_affine(image)
+        if target.point is not None:
+            voxel = np.append(np.asarray(target.point, dtype=np.float64), 1.0)
+            return replace(target, point=(affine @ voxel)[:-1].tolist(), affine=affine), facts
+        return replace(target, affine=affine), facts
+
+    def _resolve(self, data: Mapping, image: torch.Tensor) -> tuple[RegionTarget, dict]:
         spatial = tuple(image.shape[1:])
-        common = {"restrict_to_prediction": self.restrict_to_prediction, "softmax": self.softmax}
+        common = {"restrict_to_prediction": self.restrict_to_prediction, "softmax": self.softmax,
+                  **self._target_fields()}
         if self.region_key is not None:
             if self.region_key not in data:
                 raise ValueError(f"Region key {self.region_key!r} is missing from the data (keys: {list(data)}): "
