@@ -1,7 +1,8 @@
 """``monai-xres``: explain a MONAI bundle's segmentation of a scan from the command line.
 
 ``demo`` runs the shipped 3D UNet bundle on a shipped sample case; ``explain`` runs any bundle laid out
-like the model zoo's ``spleen_ct_segmentation`` on any scan; ``evaluate`` writes the faithfulness table.
+like the model zoo's ``spleen_ct_segmentation`` (or, with ``--nnunet``, a trained nnU-Net v2 model folder)
+on any scan; ``evaluate`` writes the faithfulness table.
 The commands are thin: argument checks, then :mod:`monai_xres.apps` (bundle runs, cohorts, the demo).
 Method names come from :mod:`monai_xres.explainers.registry`.
 """
@@ -124,13 +125,17 @@ def _cohort(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from e
     total = run_cohort(args.bundle, cases, args.output_dir, _methods(args), _region(args), args.overwrite)
+    return _cohort_report(total, len(cases), args.output_dir)
+
+
+def _cohort_report(total: dict | None, n_cases: int, output_dir: str) -> int:
     if total is None:  # ranks other than 0: rank 0 reports for all
         return 0
-    print(f"\nCohort of {len(cases)} scans on {total['processes']} process(es): {total['done']} explained, "
+    print(f"\nCohort of {n_cases} scans on {total['processes']} process(es): {total['done']} explained, "
           f"{total['skipped']} already done (skipped), {len(total['failed'])} failed, {total['seconds']:.1f} s.")
     for failure in total["failed"]:
         print(f"error: {failure['case']}: {'; '.join(failure['errors'])}", file=sys.stderr)
-    print(f"Summary: {os.path.join(os.path.abspath(args.output_dir), 'cohort_summary.json')}")
+    print(f"Summary: {os.path.join(os.path.abspath(output_dir), 'cohort_summary.json')}")
     return 1 if total["failed"] else 0
 
 
@@ -149,14 +154,58 @@ def _mask_parallel(args: argparse.Namespace, image: str, label: str | None, meth
     return _report(writer, args.output_dir) if rank == 0 else int(bool(writer.errors))
 
 
+def _class_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise CliError(f"--class {value} is not an output channel number: a bundle's class is an integer.") from None
+
+
+def _nnunet(args: argparse.Namespace) -> int:
+    """``explain --nnunet``: a trained nnU-Net v2 model folder; the request is checked before any checkpoint is read."""
+    from monai_xres.apps.cohort import read_datalist
+    from monai_xres.apps.nnunet_run import check_request, explain_cohort_nnunet, explain_scan, load_explainer
+
+    try:
+        cases = read_datalist(args.datalist) if args.datalist is not None else None
+        if cases is not None and args.label is not None:
+            raise ValueError("--label names one scan's label map: with --datalist, use --class, --box, --point or "
+                             "--markup.")
+        request = check_request(args.nnunet, args.folds, args.checkpoint, args.class_index, args.image)
+        args.class_index = request.class_value
+        label = _existing(args.label, "label map") if args.label else None
+        parallel = cases is None and launched_by_torchrun()
+        explainer = load_explainer(request, _methods(args), parallel)
+        if cases is not None:
+            for case in cases:
+                explainer.channel_files(case["image"])
+    except ValueError as e:  # CliError included
+        raise CliError(str(e)) from e
+    if cases is not None:
+        total = explain_cohort_nnunet(explainer, cases, _region(args), args.output_dir, args.overwrite)
+        return _cohort_report(total, len(cases), args.output_dir)
+    try:
+        result = explain_scan(explainer, request.files, _region(args), args.output_dir, label, parallel)
+    except ValueError as e:  # the scan or region (checked before the prediction), or the network failing on it
+        raise CliError(str(e)) from e
+    return _report(result, args.output_dir)
+
+
 def _explain_arguments(ex: argparse.ArgumentParser) -> None:
-    ex.add_argument("--bundle", required=True, help="bundle folder (configs/inference.json inside)")
+    model = ex.add_mutually_exclusive_group(required=True)
+    model.add_argument("--bundle", help="bundle folder (configs/inference.json inside)")
+    model.add_argument("--nnunet", metavar="MODEL_FOLDER", help="trained nnU-Net v2 model folder (plans.json, "
+                       "dataset.json, fold_N/); needs the nnunet extra")
+    ex.add_argument("--folds", nargs="+", help="nnU-Net folds to ensemble (default: every fold_N with the checkpoint)")
+    ex.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net checkpoint file in each fold")
     scans = ex.add_mutually_exclusive_group(required=True)
-    scans.add_argument("--image", help="scan: NIfTI, NRRD, MHA or a DICOM folder")
+    scans.add_argument("--image", nargs="+", help="scan: NIfTI, NRRD, MHA or a DICOM folder; for nnU-Net one file "
+                       "per channel as nnU-Net names them (case_0000.nii.gz alone brings case_0001.nii.gz, ...)")
     scans.add_argument("--datalist", help="cohort: JSON list of scans (or {'image': ...} dicts; a Decathlon "
                        "'testing' list) or a text file, one scan a line; under torchrun each rank explains its "
                        "share")
-    ex.add_argument("--class", dest="class_index", type=int, required=True, help="output channel to explain")
+    ex.add_argument("--class", dest="class_index", required=True, help="output channel to explain (nnU-Net: its "
+                    "label value or a label name of dataset.json)")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--box", type=float, nargs="+", help="start... end... (voxels of the preprocessed grid, "
                        "end exclusive; world mm with --mm)")
@@ -209,9 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(run_demo(args.output_dir, args.rise_masks), args.output_dir)
         if args.box is not None and len(args.box) % 2:
             raise CliError(f"--box needs start and end coordinates (an even count), got {len(args.box)} values.")
+        if args.nnunet is not None:
+            return _nnunet(args)
+        args.class_index = _class_number(args.class_index)
+        if args.image is not None and len(args.image) > 1:
+            raise CliError(f"--image takes one scan for a bundle, got {len(args.image)}.")
         if args.datalist is not None:
             return _cohort(args)
-        image = _check_scan(args.image)
+        image = _check_scan(args.image[0])
         label = _existing(args.label, "label map") if args.label else None
         methods = _methods(args)
         if launched_by_torchrun():

@@ -25,8 +25,8 @@ from monai_xres.distributed import gather_objects, process_group, rank_and_world
 from monai_xres.output.writer import atomic_write_text
 from monai_xres.regions.spec import as_region_spec
 
-__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cohort",
-           "summarise"]
+__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cases",
+           "run_cohort", "summarise"]
 
 logger = logging.getLogger(__name__)
 SUMMARY = "cohort_summary.json"
@@ -94,7 +94,7 @@ def case_outputs(output_dir: str | os.PathLike, image: str, methods: Sequence[st
 
 def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
                    regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, outputs: Callable[[str], Sequence[str]] | None = None) -> dict[str, Any]:
     """Explain this rank's shard of ``cases``; returns this rank's summary.
 
     Args:
@@ -102,13 +102,15 @@ def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.Path
         output_dir, methods, regions: where and under which names the files go (to find finished cases).
         explain_case: explains and writes one case; returns the writer's errors (empty when all went well).
         overwrite: explain finished cases again.
+        outputs: ``image -> the files a finished case has``; default :func:`case_outputs` (``SaliencyWriter``'s).
     """
     rank, world = rank_and_world()
     summary: dict[str, Any] = {"rank": rank, "done": [], "skipped": [], "failed": []}
     start = time.perf_counter()
+    finished = outputs or (lambda image: case_outputs(output_dir, image, methods, regions))
     for case in tqdm(shard(cases, rank, world), desc=f"rank {rank}", unit="case", position=rank, disable=None):
         image = case["image"]
-        if not overwrite and all(os.path.isfile(p) for p in case_outputs(output_dir, image, methods, regions)):
+        if not overwrite and all(os.path.isfile(p) for p in finished(image)):
             summary["skipped"].append(image)
             continue
         try:
@@ -191,7 +193,15 @@ def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], ou
                             overrides=overrides)
         return list(writer.errors)
 
+    return run_cases(cases, output_dir, list(methods), labels, explain_case, overwrite)
+
+
+def run_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
+              regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
+              overwrite: bool = False, outputs: Callable[[str], Sequence[str]] | None = None) -> dict[str, Any] | None:
+    """:func:`explain_cohort` on every rank of a ``torchrun`` launch (or one process); the gathered summary on
+    rank 0 (also written to ``<output_dir>/cohort_summary.json``), None on the other ranks."""
     with process_group() as (rank, _):
-        local = explain_cohort(cases, output_dir, list(methods), labels, explain_case, overwrite)
+        local = explain_cohort(cases, output_dir, methods, regions, explain_case, overwrite, outputs)
         per_rank = gather_objects(local)
     return _write_summary(summarise(per_rank), output_dir) if rank == 0 else None
