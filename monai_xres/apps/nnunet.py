@@ -151,12 +151,12 @@ class NnUNetExplainer:
 
     def _read(self, files: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
         """The scan as nnU-Net reads it, and nnU-Net's preprocessing of it (with its properties)."""
-        p = self.model.predictor
+        p, said = self.model.predictor, io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()) as said:
+            with contextlib.redirect_stdout(said):
                 scan, props = p.plans_manager.image_reader_writer_class().read_images(files)
         except Exception as e:  # nnU-Net's readers raise RuntimeError (and print why) or the library's own errors
-            why = " ".join(said.getvalue().split()[:20]) if "said" in locals() else ""
+            why = " ".join(said.getvalue().split()[:20])
             raise ValueError(f"nnU-Net cannot read {files} ({type(e).__name__}: {str(e)[:200] or why}).") from e
         preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
         data, _, props = preprocessor.run_case_npy(scan, None, props, p.plans_manager, p.configuration_manager,
@@ -212,7 +212,7 @@ class NnUNetExplainer:
                                                self.model.predictor.plans_manager,
                                                self.model.predictor.configuration_manager)[0]
                 if folder is not None:
-                    result.written.append(self._write_map(result, key, explainer, spec, facts, scan, props, folder))
+                    result.written.append(self._write_map(result, tag, explainer, spec, facts, scan, props, folder))
             except _CASE_ERRORS as e:
                 logger.error("nnU-Net explanation of %s skipped %s / %s: %s", result.case, tag, spec.label, e)
                 result.errors.append({"case": result.inputs[0], "method": tag, "region": spec.label, "error": str(e)})
@@ -230,9 +230,11 @@ class NnUNetExplainer:
             p.plans_manager.image_reader_writer_class().write_seg(seg, tmp, props)
         return final
 
-    def _write_map(self, result: CaseResult, key: str, explainer: Explainer, spec: RegionSpec, facts: dict,
+    def _write_map(self, result: CaseResult, tag: str, explainer: Explainer, spec: RegionSpec, facts: dict,
                    scan: np.ndarray, props: dict, folder: Path) -> str:
+        """The map file in the scan's geometry, its PNG overlay and its JSON sidecar."""
         pm, cm = self.model.predictor.plans_manager, self.model.predictor.configuration_manager
+        key = f"{tag}_{spec.label}"
         stem = folder / f"{result.case}_{key}"
         image = scan_image(result.maps[key], props, self.reader)
         final = save_image(image, f"{stem}{self.model.file_ending}")
@@ -248,7 +250,7 @@ class NnUNetExplainer:
         world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[:3]
         region_facts = {"name": spec.label, **spec.describe(), **facts, "score": explanation.scores[0],
                         "centre_voxel": list(centre), "centre_mm": world.round(3).tolist(), "space": "RAS"}
-        record = sidecar({"name": key.rsplit("_", 1)[0], **explainer.params()}, region_facts, files, result.inputs[0],
+        record = sidecar({"name": tag, **explainer.params()}, region_facts, files, result.inputs[0],
                          None, str(self.model.folder), {"inputs": result.inputs, "nnunet": self._facts()})
         atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
         return final
