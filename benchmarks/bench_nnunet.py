@@ -3,7 +3,7 @@
 Two model folders are made with nnU-Net's own tools (:mod:`monai_xres.apps.nnunet_sample`): the tests' tiny
 one (base 4 features) and a full-size 3d_fullres network (nnU-Net's default planner: 32 to 320 features,
 the patch it plans for the synthetic CT; untrained weights saved through its trainer, which is fine for
-timing). Each is measured in fresh subprocesses, interleaved and twice each (best time kept):
+timing). Each is measured in fresh subprocesses, interleaved, twice each by default (best time kept):
 
 - nnU-Net: ``nnUNetPredictor.predict_from_files_sequential`` (read, preprocess, predict with mirroring and
   the fold ensemble, export, write);
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2: a 2-core CPU)")
     parser.add_argument("--method", default="segxrescam", help="registry method explained (default segxrescam)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved; the best time is kept")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -123,7 +124,7 @@ def main() -> None:
         folder, scan = _model(work, model, args.folds), _scan(work, model)
         plans = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]
         results: dict[str, dict] = {}
-        for kind in ("nnunet", args.method) * 2:
+        for kind in ("nnunet", args.method) * args.repeats:
             run = _measure(kind, folder, scan, work, args.folds, args.threads)
             if kind not in results or run["seconds"] < results[kind]["seconds"]:
                 results[kind] = run

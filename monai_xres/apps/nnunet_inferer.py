@@ -7,6 +7,10 @@ Gaussian. RISE re-predicts every masked input through nnU-Net's own sliding-wind
 an area (:meth:`NnUNetInferer.restricted_to`), only the windows that overlap it run. Every window holding a
 voxel of the area is among them, added in nnU-Net's order, so inside the area the logits are nnU-Net's, bit
 for bit; outside they are set to 0.
+
+nnU-Net accumulates the stitched logits in float16 (on the CPU too). Where only the far tails of its Gaussian
+reach a voxel (the corners and edges of the scan) that rounding moves a logit by up to about 0.5; the CAM is
+the exact gradient of the same stitching in real arithmetic, and the region is nnU-Net's own.
 """
 
 from __future__ import annotations
