@@ -188,6 +188,8 @@ def _nnunet(args: argparse.Namespace) -> int:
         result = explain_scan(explainer, request.files, _region(args), args.output_dir, label, parallel)
     except ValueError as e:  # the scan or region (checked before the prediction), or the network failing on it
         raise CliError(str(e)) from e
+    if parallel and int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports for all
+        return int(bool(result.errors))
     return _report(result, args.output_dir)
 
 
@@ -208,7 +210,7 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                     "label value or a label name of dataset.json)")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--box", type=float, nargs="+", help="start... end... (voxels of the preprocessed grid, "
-                       "end exclusive; world mm with --mm)")
+                       "nnU-Net: of the scan; end exclusive; world mm with --mm)")
     where.add_argument("--point", type=float, nargs="+", help="voxel index (world mm RAS with --mm)")
     where.add_argument("--markup", help="3D Slicer .mrk.json point or ROI (LPS or RAS, as the file says)")
     where.add_argument("--label", help="label map on the scan's grid; the region is --label-value in it")
@@ -260,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CliError(f"--box needs start and end coordinates (an even count), got {len(args.box)} values.")
         if args.nnunet is not None:
             return _nnunet(args)
+        if args.folds is not None or args.checkpoint != "checkpoint_final.pth":
+            raise CliError("--folds and --checkpoint choose an nnU-Net model's checkpoints: use them with --nnunet.")
         args.class_index = _class_number(args.class_index)
         if args.image is not None and len(args.image) > 1:
             raise CliError(f"--image takes one scan for a bundle, got {len(args.image)}.")
