@@ -235,7 +235,7 @@ def test_rise_re_predicts_only_the_windows_reaching_the_region(explainer, scans)
     assert torch.equal(part[0][:, area], logits[0][:, area])
 
 
-def test_maps_are_on_the_scan_voxel_for_voxel_with_nnuneTs_segmentation(cli_run, scans, explainer, tmp_path):
+def test_maps_are_on_the_scan_voxel_for_voxel_with_nnunets_segmentation(cli_run, scans, explainer, tmp_path):
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     from monai_xres.apps.nnunet_geometry import map_to_scan, save_image, scan_image
@@ -290,7 +290,7 @@ def test_bad_requests_exit_2_with_one_line(model_folder, scans, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_regions_given_on_the_scan_reach_nnuneTs_grid_as_its_labels_do(explainer, scans, tmp_path):
+def test_regions_given_on_the_scan_reach_nnunets_grid_as_its_labels_do(explainer, scans, tmp_path):
     from monai_xres.apps.nnunet_geometry import region_on_grid
     from monai_xres.regions.spec import RegionSpec
 
