@@ -1,7 +1,8 @@
 """``monai-xres``: explain a MONAI bundle's segmentation of a scan from the command line.
 
 ``demo`` runs the shipped 3D UNet bundle on a shipped sample case; ``explain`` runs any bundle laid out
-like the model zoo's ``spleen_ct_segmentation`` on any scan; ``evaluate`` writes the faithfulness table.
+like the model zoo's ``spleen_ct_segmentation`` (or, with ``--nnunet``, a trained nnU-Net v2 model folder)
+on any scan; ``evaluate`` writes the faithfulness table.
 The commands are thin: argument checks (:mod:`monai_xres.apps.checks`, all before any segmentation work
 and before anything is written), then :mod:`monai_xres.apps`. Method names come from
 :mod:`monai_xres.explainers.registry`. A problem the user can fix ends with exit status 2 and one line.
@@ -10,6 +11,7 @@ and before anything is written), then :mod:`monai_xres.apps`. Method names come 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -22,6 +24,7 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import method_configs, run_bundle
+from monai_xres.cli_output import report_cohort, report_written
 from monai_xres.cli_parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
 from monai_xres.explainers.registry import get_method
@@ -103,22 +106,6 @@ def _existing(path: str, what: str) -> str:
     return os.path.abspath(path)
 
 
-def _report(writer: Any, output_dir: str) -> int:
-    segmentations = sorted(str(p) for p in Path(output_dir).rglob("*_seg.nii.gz"))
-    print(f"\nWrote under {os.path.abspath(output_dir)}:")
-    for path in segmentations + list(writer.written):
-        sides = [path[: -len(".nii.gz")] + ext for ext in (".png", ".json")] if path.endswith(".nii.gz") else []
-        for written in [path, *sides]:
-            if os.path.exists(written):
-                print(f"  {written}")
-    for err in writer.errors:
-        print(f"error: {err['case']} {err['method']} {err['region']}: {err['error']}", file=sys.stderr)
-    print("\nIn 3D Slicer: File > Add Data, pick the scan and the *_seg.nii.gz / saliency .nii.gz files; show a\n"
-          "saliency volume as foreground (Volumes module: colour 'ColdToHotRainbow', opacity ~0.5) over the\n"
-          "scan. The files carry the scan's own geometry, so they overlay without registration.")
-    return 1 if writer.errors else 0
-
-
 def _checked(check, *args: Any) -> Any:
     """Run a check; any input error it finds (a ``ValueError``) becomes the one-line usage error."""
     try:
@@ -132,6 +119,13 @@ def _checked(check, *args: Any) -> Any:
 def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Every check of ``explain``, in order of cost: bundle, output folder, region, methods against the
     network, then the scans. Nothing is written."""
+    if args.folds is not None or args.checkpoint is not None:
+        raise CliError("--folds and --checkpoint choose an nnU-Net model's checkpoints: use them with --nnunet.")
+    if not isinstance(args.class_index, int):
+        raise CliError(f"--class {args.class_index} is not an output channel number: a bundle's class is an integer "
+                       "(label names are for --nnunet).")
+    if args.image is not None and len(args.image) > 1:
+        raise CliError(f"--image takes one scan for a bundle, got {len(args.image)}.")
     plan: dict[str, Any] = {"bundle": checks.check_bundle(args.bundle),
                             "output_dir": str(checks.check_output_dir(args.output_dir)),
                             "region": _region(args), "methods": _methods(args), "qc": _qc(args)}
@@ -151,7 +145,7 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"{len(missing)} scan(s) of {args.datalist} do not exist, e.g. {missing[0]!r}: fix the "
                            "list.")
         return plan
-    plan["scan"] = checks.check_scan(args.image, args.series)
+    plan["scan"] = checks.check_scan(args.image[0], args.series)
     checks.check_scan_fits(plan["scan"], facts)
     plan["label"] = checks.check_scan(_existing(args.label, "label map")).path if args.label else None
     return plan
@@ -162,6 +156,8 @@ def _qc_overrides(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    if args.nnunet is not None:
+        return _nnunet(args)
     plan = _checked(_explain_plan, args)
     if "cases" in plan:
         return _cohort(args, plan)
@@ -173,23 +169,16 @@ def _explain(args: argparse.Namespace) -> int:
     with output_lock(plan["output_dir"]):
         writer = run_bundle(plan["bundle"], scan.path, plan["output_dir"], plan["methods"], plan["region"],
                             plan["label"], _qc_overrides(plan), series=scan.series)
-    return _report(writer, plan["output_dir"])
+    return report_written(writer, plan["output_dir"])
 
 
 def _cohort(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     """``explain --datalist``: every case of the list, split across torchrun's ranks; rank 0 reports."""
     from monai_xres.apps.cohort import run_cohort
 
-    cases, output_dir = plan["cases"], plan["output_dir"]
-    total = run_cohort(plan["bundle"], cases, output_dir, plan["methods"], plan["region"], args.overwrite)
-    if total is None:  # ranks other than 0: rank 0 reports for all
-        return 0
-    print(f"\nCohort of {len(cases)} scans on {total['processes']} process(es): {total['done']} explained, "
-          f"{total['skipped']} already done (skipped), {len(total['failed'])} failed, {total['seconds']:.1f} s.")
-    for failure in total["failed"]:
-        print(f"error: {failure['case']}: {'; '.join(failure['errors'])}", file=sys.stderr)
-    print(f"Summary: {os.path.join(output_dir, 'cohort_summary.json')}")
-    return 1 if total["failed"] else 0
+    total = run_cohort(plan["bundle"], plan["cases"], plan["output_dir"], plan["methods"], plan["region"],
+                       args.overwrite)
+    return report_cohort(total, len(plan["cases"]), plan["output_dir"])
 
 
 def _mask_parallel(plan: dict[str, Any]) -> int:
@@ -207,7 +196,48 @@ def _mask_parallel(plan: dict[str, Any]) -> int:
         writer = run_bundle(plan["bundle"], scan.path, output_dir if rank == 0 else scratch,
                             mask_parallel_methods(plan["methods"]), plan["region"], plan["label"], overrides,
                             series=scan.series)
-    return _report(writer, output_dir) if rank == 0 else int(bool(writer.errors))
+    return report_written(writer, output_dir) if rank == 0 else int(bool(writer.errors))
+
+
+def _nnunet_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Every check of ``explain --nnunet`` before a checkpoint is read: folder, folds, class, channel files."""
+    from monai_xres.apps.cohort import read_datalist
+    from monai_xres.apps.nnunet_run import check_request
+
+    if args.series is not None or args.preprocessed_grid or args.instances or args.channel_shares or args.slicer:
+        raise CliError("--series, --preprocessed-grid, --instances, --channel-shares and --slicer are for bundles: "
+                       "drop them with --nnunet.")
+    plan: dict[str, Any] = {"output_dir": str(checks.check_output_dir(args.output_dir)),
+                            "cases": read_datalist(args.datalist) if args.datalist is not None else None}
+    if plan["cases"] is not None and args.label is not None:
+        raise CliError("--label names one scan's label map: with --datalist, use --class, --box, --point or --markup.")
+    plan["request"] = check_request(args.nnunet, args.folds, args.checkpoint or "checkpoint_final.pth",
+                                    args.class_index, args.image)
+    args.class_index = plan["request"].class_value
+    plan["label"] = _existing(args.label, "label map") if args.label else None
+    plan["region"], plan["methods"] = _region(args), _methods(args)
+    return plan
+
+
+def _nnunet(args: argparse.Namespace) -> int:
+    """``explain --nnunet``: a trained nnU-Net v2 model folder, explained with nnU-Net's own pipeline."""
+    from monai_xres.apps.nnunet_run import explain_cohort_nnunet, explain_scan, load_explainer
+
+    plan = _checked(_nnunet_plan, args)
+    cases, output_dir = plan["cases"], plan["output_dir"]
+    parallel = cases is None and launched_by_torchrun()
+    explainer = _checked(load_explainer, plan["request"], plan["methods"], parallel)
+    for case in cases or []:
+        _checked(explainer.channel_files, case["image"])
+    if cases is not None:
+        total = explain_cohort_nnunet(explainer, cases, plan["region"], output_dir, args.overwrite)
+        return report_cohort(total, len(cases), output_dir)
+    with output_lock(output_dir) if not parallel else contextlib.nullcontext():
+        result = _checked(explain_scan, explainer, plan["request"].files, plan["region"], output_dir,
+                          plan["label"], parallel)
+    if parallel and int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports for all
+        return int(bool(result.errors))
+    return report_written(result, output_dir)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -215,7 +245,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     output_dir = str(_checked(checks.check_output_dir, args.output_dir))
     with output_lock(output_dir):
-        return _report(run_demo(output_dir, args.rise_masks), output_dir)
+        return report_written(run_demo(output_dir, args.rise_masks), output_dir)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

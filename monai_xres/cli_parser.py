@@ -46,16 +46,34 @@ def _finite(text: str) -> float:
     return value
 
 
+def _class_value(text: str) -> int | str:
+    """A class: an output channel number (>= 0), or a label name (nnU-Net's dataset.json)."""
+    try:
+        value = int(text)
+    except ValueError:
+        return text
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
 def _explain_arguments(ex: argparse.ArgumentParser) -> None:
-    ex.add_argument("--bundle", required=True, help="bundle folder (configs/inference.json inside)")
+    model = ex.add_mutually_exclusive_group(required=True)
+    model.add_argument("--bundle", help="bundle folder (configs/inference.json inside)")
+    model.add_argument("--nnunet", metavar="MODEL_FOLDER", help="trained nnU-Net v2 model folder (plans.json, "
+                       "dataset.json, fold_N/); needs the nnunet extra")
+    ex.add_argument("--folds", nargs="+", help="nnU-Net folds to ensemble (default: every fold_N with the checkpoint)")
+    ex.add_argument("--checkpoint", help="nnU-Net checkpoint file in each fold (default checkpoint_final.pth)")
     scans = ex.add_mutually_exclusive_group(required=True)
-    scans.add_argument("--image", help="scan: NIfTI, NRRD, MHA or a DICOM folder")
+    scans.add_argument("--image", nargs="+", help="scan: NIfTI, NRRD, MHA or a DICOM folder; for nnU-Net one file "
+                       "per channel as nnU-Net names them (case_0000.nii.gz alone brings case_0001.nii.gz, ...)")
     scans.add_argument("--datalist", help="cohort: JSON list of scans (or {'image': ...} dicts; a Decathlon "
                        "'testing' list) or a text file, one scan a line; under torchrun each rank explains its "
                        "share")
     ex.add_argument("--series", help="the DICOM SeriesInstanceUID to read when --image is a folder of several "
                     "series (default: the series with the most files)")
-    ex.add_argument("--class", dest="class_index", type=_whole(0), required=True, help="output channel to explain")
+    ex.add_argument("--class", dest="class_index", type=_class_value, required=True, help="output channel to "
+                    "explain (nnU-Net: its label value or a label name of dataset.json)")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--box", type=_finite, nargs="+", help="start... end... voxel indices of the scan as stored "
                        "(IJK as 3D Slicer shows them; end exclusive), or world mm with --mm")

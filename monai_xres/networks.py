@@ -90,11 +90,15 @@ class NetworkType:
     reshape: Callable[[nn.Module], Reshape] | None = None
     stride: Callable[[nn.Module, int], tuple[int, ...]] | None = None
 
-    def network_class(self) -> type:
+    def network_class(self) -> type | None:
+        """The class, or None when its package (an optional one, e.g. nnU-Net's) is not installed."""
         import importlib
 
         module, name = self.class_path.rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError:
+            return None
 
 
 NETWORK_TYPES: list[NetworkType] = [
@@ -103,6 +107,11 @@ NETWORK_TYPES: list[NetworkType] = [
     NetworkType("monai.networks.nets.UNETR", lambda net: "vit.norm", reshape=lambda net: tokens_to_grid(net.feat_size)),
     NetworkType("monai.networks.nets.SwinUNETR", lambda net: "encoder10"),
     NetworkType("monai.networks.nets.SegResNet", lambda net: f"down_layers.{len(net.down_layers) - 1}"),
+    # nnU-Net v2 (dynamic_network_architectures): the bottleneck is the last encoder stage
+    *[NetworkType(f"dynamic_network_architectures.architectures.unet.{name}",
+                  lambda net: f"encoder.stages.{len(net.encoder.stages) - 1}",
+                  stride=lambda net, n: _per_axis_product(net.encoder.strides, n))
+      for name in ("PlainConvUNet", "ResidualEncoderUNet")],
 ]
 
 
@@ -110,7 +119,8 @@ def network_type(network: nn.Module) -> NetworkType | None:
     """The :data:`NETWORK_TYPES` entry of ``network`` (wrappers removed), or None."""
     net = unwrap(network)
     for entry in NETWORK_TYPES:
-        if isinstance(net, entry.network_class()):
+        cls = entry.network_class()
+        if cls is not None and isinstance(net, cls):
             return entry
     return None
 
@@ -119,7 +129,8 @@ def default_layer_name(network: nn.Module) -> tuple[str, Reshape | None]:
     """The default target layer of a supported network, and the token reshape it needs (if any).
 
     UNet: the bottom unit ``model(.1.submodule)*(len(channels)-1)``; UNETR: ``vit.norm`` (tokens reshaped
-    to the patch grid); SwinUNETR: ``encoder10``; SegResNet: the last ``down_layers`` entry.
+    to the patch grid); SwinUNETR: ``encoder10``; SegResNet: the last ``down_layers`` entry; nnU-Net's
+    ``PlainConvUNet`` and ``ResidualEncoderUNet``: the last encoder stage ``encoder.stages.<n-1>``.
 
     Raises:
         ValueError: the network is none of these; the message asks for ``target_layer``.

@@ -20,15 +20,23 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from monai_xres.apps.resume import case_complete, case_outputs, case_stem, prepare_case
+from monai_xres.apps.resume import (
+    CaseOutputs,
+    bundle_outputs,
+    case_complete,
+    case_outputs,
+    case_stem,
+    outputs_complete,
+    prepare_outputs,
+)
 from monai_xres.apps.runner import run_bundle, segmentation_files
 from monai_xres.distributed import gather_objects, process_group, rank_and_world, rank_device, shard
 from monai_xres.output.lock import job_lock
 from monai_xres.output.writer import atomic_write_text
 from monai_xres.regions.spec import as_region_spec
 
-__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cohort",
-           "summarise"]
+__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cases",
+           "run_cohort", "summarise"]
 
 logger = logging.getLogger(__name__)
 SUMMARY = "cohort_summary.json"
@@ -94,7 +102,8 @@ def _check_unique(cases: Sequence[Mapping[str, str]]) -> None:
 
 def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
                    regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
-                   overwrite: bool = False, segmentations: Sequence[str] = ("seg.nii.gz",)) -> dict[str, Any]:
+                   overwrite: bool = False, segmentations: Sequence[str] = ("seg.nii.gz",),
+                   outputs: Callable[[str], CaseOutputs] | None = None) -> dict[str, Any]:
     """Explain this rank's shard of ``cases``; returns this rank's summary.
 
     Args:
@@ -103,18 +112,22 @@ def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.Path
         explain_case: explains and writes one case; returns the writer's errors (empty when all went well).
         overwrite: explain finished cases again.
         segmentations: ``<postfix><ext>`` of the bundle's own segmentation files, part of a finished case.
+        outputs: ``image -> CaseOutputs``, the files of a finished case; default: a bundle run's
+            (:func:`~monai_xres.apps.resume.bundle_outputs`); the nnU-Net adapter gives its own.
 
-    A case is finished when :func:`~monai_xres.apps.resume.case_complete` says so; before a case is
+    A case is finished when :func:`~monai_xres.apps.resume.outputs_complete` says so; before a case is
     explained, what an interrupted run left in its folder is removed.
     """
     rank, world = rank_and_world()
     summary: dict[str, Any] = {"rank": rank, "done": [], "skipped": [], "failed": []}
     start = time.perf_counter()
+    expected = outputs or (lambda image: bundle_outputs(output_dir, image, methods, regions, segmentations))
     for case in tqdm(shard(cases, rank, world), desc=f"rank {rank}", unit="case", position=rank, disable=None):
         image = case["image"]
         try:
-            prepare_case(output_dir, image)  # whatever a killed run left is removed, done or not
-            if not overwrite and case_complete(output_dir, image, methods, regions, segmentations):
+            files = expected(image)
+            prepare_outputs(files)  # whatever a killed run left is removed, done or not
+            if not overwrite and outputs_complete(files):
                 summary["skipped"].append(image)
                 continue
             errors = [f"{e['method']} {e['region']}: {e['error']}" for e in explain_case(case)]
@@ -196,7 +209,17 @@ def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], ou
         return list(writer.errors)
 
     segmentations = segmentation_files(bundle)
+    return run_cases(cases, output_dir, list(methods), labels, explain_case, overwrite,
+                     lambda image: bundle_outputs(output_dir, image, list(methods), labels, segmentations))
+
+
+def run_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
+              regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
+              overwrite: bool = False, outputs: Callable[[str], CaseOutputs] | None = None) -> dict[str, Any] | None:
+    """:func:`explain_cohort` on every rank of a ``torchrun`` launch (or one process), the output folder locked
+    for the job; the gathered summary on rank 0 (also written to ``<output_dir>/cohort_summary.json``), None
+    on the other ranks."""
     with process_group() as (rank, _), job_lock(output_dir, rank):
-        local = explain_cohort(cases, output_dir, list(methods), labels, explain_case, overwrite, segmentations)
+        local = explain_cohort(cases, output_dir, methods, regions, explain_case, overwrite, outputs=outputs)
         per_rank = gather_objects(local)
     return _write_summary(summarise(per_rank), output_dir) if rank == 0 else None

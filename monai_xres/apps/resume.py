@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from monai_xres.output.provenance import sha256_file
 from monai_xres.output.writer import clean_partials
 
-__all__ = ["case_complete", "case_folder", "case_outputs", "case_stem", "prepare_case"]
+__all__ = ["CaseOutputs", "bundle_outputs", "case_complete", "case_folder", "case_outputs", "case_stem",
+           "outputs_complete", "prepare_case", "prepare_outputs"]
 
 
 def case_stem(image: str | os.PathLike) -> str:
@@ -62,25 +64,51 @@ def _map_intact(nifti: Path, sidecar: Path) -> bool:
     return nifti.stat().st_size == expected.get("bytes") and sha256_file(nifti) == expected.get("sha256")
 
 
-def case_complete(output_dir: str | os.PathLike, image: str, methods: Sequence[str], regions: Sequence[str],
-                  segmentations: Sequence[str] = ("seg.nii.gz",), ext: str = ".nii.gz") -> bool:
-    """Whether every output of the case is there, whole, and none is a symbolic link.
+@dataclass
+class CaseOutputs:
+    """The files of one finished case: its folder, segmentation files, and (map, sidecar) pairs."""
+
+    folder: Path
+    segmentations: list[Path]
+    maps: list[tuple[Path, Path]]
+
+
+def bundle_outputs(output_dir: str | os.PathLike, image: str, methods: Sequence[str], regions: Sequence[str],
+                   segmentations: Sequence[str] = ("seg.nii.gz",), ext: str = ".nii.gz") -> CaseOutputs:
+    """What a bundle run with ``SaliencyWriter`` leaves for ``image``.
 
     Args:
         segmentations: ``<postfix><ext>`` of the bundle's own segmentation files (``seg.nii.gz``).
     """
     folder, stem = case_folder(output_dir, image), case_stem(image)
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    if not all(_plain_file(folder / f"{stem}_{s}") and _loads(folder / f"{stem}_{s}") for s in segmentations):
-        return False
     files = case_outputs(output_dir, image, methods, regions, ext)
-    return all(_map_intact(Path(files[i]), Path(files[i + 1])) for i in range(0, len(files), 2))
+    return CaseOutputs(folder, [folder / f"{stem}_{s}" for s in segmentations],
+                       [(Path(files[i]), Path(files[i + 1])) for i in range(0, len(files), 2)])
+
+
+def outputs_complete(outputs: CaseOutputs) -> bool:
+    """Whether every output is there, whole (segmentations load, maps match their sidecars), none a link."""
+    if outputs.folder.is_symlink() or not outputs.folder.is_dir():
+        return False
+    if not all(_plain_file(s) and _loads(s) for s in outputs.segmentations):
+        return False
+    return all(_map_intact(nifti, sidecar) for nifti, sidecar in outputs.maps)
+
+
+def prepare_outputs(outputs: CaseOutputs) -> None:
+    """Before (re-)explaining a case: remove what an interrupted run left, refuse a linked case folder."""
+    if outputs.folder.is_symlink():
+        raise ValueError(f"{outputs.folder} is a symbolic link that monai-xres did not create: remove it, then run "
+                         "again.")
+    clean_partials(outputs.folder)
+
+
+def case_complete(output_dir: str | os.PathLike, image: str, methods: Sequence[str], regions: Sequence[str],
+                  segmentations: Sequence[str] = ("seg.nii.gz",), ext: str = ".nii.gz") -> bool:
+    """:func:`outputs_complete` of a bundle case (:func:`bundle_outputs`)."""
+    return outputs_complete(bundle_outputs(output_dir, image, methods, regions, segmentations, ext))
 
 
 def prepare_case(output_dir: str | os.PathLike, image: str) -> None:
-    """Before (re-)explaining a case: remove what an interrupted run left, refuse a linked case folder."""
-    folder = case_folder(output_dir, image)
-    if folder.is_symlink():
-        raise ValueError(f"{folder} is a symbolic link that monai-xres did not create: remove it, then run again.")
-    clean_partials(folder)
+    """:func:`prepare_outputs` of a bundle case's folder."""
+    prepare_outputs(CaseOutputs(case_folder(output_dir, image), [], []))

@@ -46,7 +46,9 @@ class SegXResCAM(Explainer):
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
         eval_mode: explain the network in eval mode (restored afterwards).
         inferer: a ``SlidingWindowInferer``: explain the region of its stitched output, window by window
-            (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan.
+            (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan. An
+            inferer with a ``stitched_cam`` method explains its own stitching (nnU-Net's windows, mirrors and
+            folds: :mod:`monai_xres.explainers.nnunet_sliding`).
         amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
         counterfactual: explain what speaks *against* the class in the region: the gradient of ``-S``
@@ -60,7 +62,7 @@ class SegXResCAM(Explainer):
 
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
-                 eval_mode: bool = True, inferer: SlidingWindowInferer | None = None, amp: bool = True,
+                 eval_mode: bool = True, inferer: Any = None, amp: bool = True,
                  verbose: bool = True, counterfactual: bool = False) -> None:
         super().__init__(network, eval_mode)
         if not isinstance(counterfactual, bool):
@@ -83,8 +85,9 @@ class SegXResCAM(Explainer):
         return -1.0 if self.counterfactual else 1.0
 
     def with_inferer(self, inferer: Any) -> SegXResCAM | None:
-        """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
-        if not isinstance(inferer, SlidingWindowInferer):
+        """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``, or an inferer with its own
+        ``stitched_cam`` such as nnU-Net's), else None."""
+        if not isinstance(inferer, SlidingWindowInferer) and not hasattr(inferer, "stitched_cam"):
             return None
         return self.replace(inferer=check_inferer(inferer))
 
@@ -93,7 +96,9 @@ class SegXResCAM(Explainer):
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
         params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode,
                   "counterfactual": self.counterfactual}
-        if self.inferer is not None:
+        if hasattr(self.inferer, "stitched_cam"):
+            params["inferer"] = self.inferer.params()
+        elif self.inferer is not None:
             params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
                                  "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
         return params
@@ -112,7 +117,10 @@ class SegXResCAM(Explainer):
                 if not upsample:
                     raise ValueError("With a sliding-window inferer the map is built on the input grid: "
                                      "upsample=False is not available.")
-                cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, self.inferer, self.verbose)
+                stitched = getattr(self.inferer, "stitched_cam", None)
+                cam, logits, regions, scores, info = (
+                    stitched(self, x, targets, affines, self.verbose) if stitched is not None
+                    else sliding_cam(self, x, targets, affines, self.inferer, self.verbose))
             else:
                 logits, activation = self._forward_from_layer(x)
                 regions = self.resolve_regions(logits, targets, affines)

@@ -44,8 +44,12 @@ class WindowExplainer(Protocol):
     def resolve_regions(self, logits: torch.Tensor, targets: list[RegionTarget], affines: list) -> list: ...
 
 
-def check_inferer(inferer: Any) -> SlidingWindowInferer:
-    """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above."""
+def check_inferer(inferer: Any) -> Any:
+    """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above, or an
+    inferer that explains its own stitched output with a ``stitched_cam(cam, x, targets, affines, verbose)``
+    method returning what :func:`sliding_cam` returns (nnU-Net's, :mod:`monai_xres.apps.nnunet_inferer`)."""
+    if callable(getattr(inferer, "stitched_cam", None)):
+        return inferer
     if not isinstance(inferer, SlidingWindowInferer):
         raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
     if inferer.buffer_steps is not None and inferer.buffer_steps > 0:
