@@ -21,6 +21,7 @@ from monai.transforms import Invertd
 from torch import nn
 
 from monai_xres.explainers.base import Explainer
+from monai_xres.explainers.cam_shared import group_by_gradient
 from monai_xres.explainers.registry import build_explainer, name_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
@@ -138,21 +139,26 @@ class SaliencyWriter:
     def write_case(self, data: Mapping[Hashable, Any]) -> list[str]:
         """Explain and write one case (every method and region); returns the NIfTI paths written.
 
-        Errors are logged and recorded in ``errors`` (raised with ``raise_errors``)."""
+        CAM variants sharing a target layer are computed together, one forward and one backward pass per
+        window (:mod:`~monai_xres.explainers.cam_shared`); each still gets its own files. Errors are logged
+        and recorded in ``errors`` (raised with ``raise_errors``)."""
         case, files = case_name(data, self.image_key), []
-        for method, explainer in self.explainers.items():
-            for region, spec in self.regions.items():
+        for region, spec in self.regions.items():
+            for names, job in group_by_gradient(self.explainers):
                 try:
-                    files.append(self._write_one(data, method, explainer, region, spec))
+                    files.extend(self._write_job(data, names, job, region, spec))
                 except _CASE_ERRORS as e:
                     if self.raise_errors:
                         raise
                     message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
-                    logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
-                    self.errors.append({"case": case, "method": method, "region": region, "error": message})
+                    for method in names:
+                        logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
+                        self.errors.append({"case": case, "method": method, "region": region, "error": message})
         return files
 
-    def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
+    def _write_job(self, data: Mapping, names: list[str], explainer: Explainer, region: str,
+                   spec: RegionSpec) -> list[str]:
+        """Explain one region with one explainer (one map each of ``names``) and write every map."""
         adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
                                  slice_index=self.slice_index)
         saliency, explanation, facts = adapter.explain(data)
@@ -162,13 +168,25 @@ class SaliencyWriter:
                              "(MetaTensor) so the map can be saved on the scan.")
         mask = explanation.regions[0].detach().float()[None]
         mask = adapter.restore_slice(mask, image, facts.get("slice", {}).get("index"))
-        maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
-                "region": like_image(mask, image)}
-        maps = self._invert(maps)
-        final = self._save(maps["saliency"], f"{method}_{region}")
+        maps = self._invert({"saliency": saliency, "scan": like_image(image[:1].float(), image),
+                             "region": like_image(mask, image)})
+        members = getattr(adapter.explainer, "members", {names[0]: adapter.explainer})
+        own = adapter.explainer.params()
+        # what the run found (RISE's crop and masks used, windows run and skipped), beside the parameters
+        extra = {"run": {k: v for k, v in explanation.info.items() if k not in own and k != "maps"}}
+        if len(names) > 1:
+            extra["shared_gradient"] = names
+        return [self._write_map(data, image, maps, k, method, members[method], region, spec, facts, extra)
+                for k, method in enumerate(names)]
+
+    def _write_map(self, data: Mapping, image: MetaTensor, maps: dict[str, MetaTensor], channel: int, method: str,
+                   explainer: Explainer, region: str, spec: RegionSpec, facts: dict, run: dict) -> str:
+        """Write channel ``channel`` of the inverted saliency as ``method``'s NIfTI, PNG overlay and sidecar."""
+        saliency = maps["saliency"][channel:channel + 1]
+        final = self._save(saliency, f"{method}_{region}")
         stem = final[: -len(self.output_ext)]
-        scan, sal, reg = (maps[k][0].detach().cpu().numpy() for k in ("scan", "saliency", "region"))
-        affine = maps["saliency"].affine.cpu().numpy()
+        scan, sal, reg = (m[0].detach().cpu().numpy() for m in (maps["scan"], saliency, maps["region"]))
+        affine = saliency.affine.cpu().numpy()
         centre = overlay_centre(sal, reg > 0.5)
         files = {"saliency": os.path.basename(final)}
         if self.overlay:
@@ -180,7 +198,7 @@ class SaliencyWriter:
                             "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
             params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
             extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
-                     "inferer": None if self.inferer is None else type(self.inferer).__name__}
+                     "inferer": None if self.inferer is None else type(self.inferer).__name__, **run}
             record = sidecar({"name": method, **params}, region_facts, files, case_name(data, self.image_key),
                              self.model_sha256, self.model_file, extra)
             atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
