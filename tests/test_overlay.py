@@ -19,8 +19,10 @@ def test_every_overlay_has_rise_off_by_default_and_one_switch_for_it(overlay):
     config = json.loads(overlay.read_text())
     assert config["explain_rise"] is False and set(config["explain_cams"]) == {"segxrescam-w1", "segxrescam-w2",
                                                                                "seggradcam"}
-    for switch, expected in ((False, ["segxrescam-w1", "segxrescam-w2", "seggradcam"]),
-                             (True, ["segxrescam-w1", "segxrescam-w2", "seggradcam", "segrise"])):
+    cams, everything = ["segxrescam-w1", "segxrescam-w2", "seggradcam"], ["segxrescam-w1", "segxrescam-w2",
+                                                                          "seggradcam", "segrise"]
+    # the bundle CLI (fire) passes --explain_rise True as a bool, --explain_rise true as a string
+    for switch, expected in ((False, cams), (True, everything), ("true", everything), ("false", cams)):
         parser = ConfigParser({k: v for k, v in config.items() if k.startswith("explain_") and k != "explain_writer"
                                and k != "explain_inferer"} | {"output_dir": "out", "explain_rise": switch})
         assert list(parser.get_parsed_content("explain_methods")) == expected

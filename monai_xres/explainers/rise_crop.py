@@ -113,6 +113,8 @@ def plan_crop(settings: CropSettings, x: torch.Tensor, area: torch.Tensor, infer
         return whole(f"a receptive field cannot be measured through {type(inferer).__name__}")
     multiple = stride if settings.crop_multiple is None else axis_values(settings.crop_multiple, len(spatial),
                                                                          "crop_multiple", 1)
+    if crop_window(area, (0,) * len(spatial), multiple)[1] == spatial:
+        return whole("the region spans the image")
     if margin == "auto":
         sizes = radius()
         if all(r >= n for r, n in zip(sizes, spatial)):
