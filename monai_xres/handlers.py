@@ -23,6 +23,7 @@ from torch import nn
 
 from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
+from monai_xres.explainers.cam_shared import group_by_gradient
 from monai_xres.explainers.registry import build_explainer, name_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
@@ -146,18 +147,21 @@ class SaliencyWriter:
     def write_case(self, data: Mapping[Hashable, Any]) -> list[str]:
         """Explain and write one case (every method and region); returns the NIfTI paths written.
 
-        Errors are logged and recorded in ``errors`` (raised with ``raise_errors``)."""
+        CAM variants sharing a target layer are computed together, one forward and one backward pass per
+        window (:mod:`~monai_xres.explainers.cam_shared`); each still gets its own files. Errors are logged
+        and recorded in ``errors`` (raised with ``raise_errors``)."""
         case, files = case_name(data, self.image_key), []
-        for method, explainer in self.explainers.items():
-            for region, spec in self.regions.items():
+        for region, spec in self.regions.items():
+            for names, job in group_by_gradient(self.explainers):
                 try:
-                    files.append(self._write_one(data, method, explainer, region, spec))
+                    files.extend(self._write_job(data, names, job, region, spec))
                 except _CASE_ERRORS as e:
                     if self.raise_errors:
                         raise
                     message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
-                    logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
-                    self.errors.append({"case": case, "method": method, "region": region, "error": message})
+                    for method in names:
+                        logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
+                        self.errors.append({"case": case, "method": method, "region": region, "error": message})
         if self.qc is not None and self.qc.active:
             try:
                 files += write_case_qc(self, data)
@@ -168,7 +172,9 @@ class SaliencyWriter:
                 self.errors.append({"case": case, "method": "qc", "region": "all", "error": f"Case {case}: {e}"})
         return files
 
-    def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
+    def _write_job(self, data: Mapping, names: list[str], explainer: Explainer, region: str,
+                   spec: RegionSpec) -> list[str]:
+        """Explain one region with one explainer (one map each of ``names``) and write every map."""
         adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
                                  slice_index=self.slice_index)
         saliency, explanation, facts = adapter.explain(data)
@@ -178,16 +184,28 @@ class SaliencyWriter:
                              "(MetaTensor) so the map can be saved on the scan.")
         mask = explanation.regions[0].detach().float()[None]
         mask = adapter.restore_slice(mask, image, facts.get("slice", {}).get("index"))
-        maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
-                "region": like_image(mask, image)}
-        maps = self._invert(maps)
-        params = explainer.params()
+        maps = self._invert({"saliency": saliency, "scan": like_image(image[:1].float(), image),
+                             "region": like_image(mask, image)})
+        members = getattr(adapter.explainer, "members", {names[0]: adapter.explainer})
+        own = adapter.explainer.params()
+        # what the run found (RISE's crop and masks used, windows run and skipped), beside the parameters
+        extra = {"run": {k: v for k, v in explanation.info.items() if k not in own and k != "maps"}}
+        if len(names) > 1:
+            extra["shared_gradient"] = names
+        return [self._write_map(data, maps, k, method, members[method], region, spec, explanation, facts, extra)
+                for k, method in enumerate(names)]
+
+    def _write_map(self, data: Mapping, maps: dict[str, MetaTensor], channel: int, method: str, explainer: Explainer,
+                   region: str, spec: RegionSpec, explanation: Any, facts: dict, run: dict) -> str:
+        """Write channel ``channel`` of the inverted saliency as ``method``'s NIfTI, PNG overlay and sidecar."""
+        saliency = maps["saliency"][channel:channel + 1]
+        params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
         if params.get("counterfactual") and "counterfactual" not in method:
             method = f"{method}-counterfactual"  # a map of the evidence against the class says so in its name
-        final = self._save(maps["saliency"], f"{method}_{region}")
+        final = self._save(saliency, f"{method}_{region}")
         stem = final[: -len(self.output_ext)]
-        scan, sal, reg = (maps[k][0].detach().cpu().numpy() for k in ("scan", "saliency", "region"))
-        affine = maps["saliency"].affine.cpu().numpy()
+        scan, sal, reg = (m[0].detach().cpu().numpy() for m in (maps["scan"], saliency, maps["region"]))
+        affine = saliency.affine.cpu().numpy()
         centre = overlay_centre(sal, reg > 0.5)
         files = {"saliency": final}
         if self.overlay:
@@ -198,16 +216,17 @@ class SaliencyWriter:
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
                             "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
                             **channel_facts(self, data, region, spec, explanation, facts)}
-            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data)
+            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data, run)
         return final
 
-    def _write_sidecar(self, path: str, method: dict, region: dict, files: dict[str, str], data: Mapping) -> None:
+    def _write_sidecar(self, path: str, method: dict, region: dict, files: dict[str, str], data: Mapping,
+                       run: Mapping[str, Any]) -> None:
         """The provenance record, written last: its checksums tell a resumed run the files are whole."""
         image = data[self.image_key]
         checksums = {role: {"bytes": os.path.getsize(f), "sha256": sha256_file(f)} for role, f in files.items()}
         extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
                  "inferer": None if self.inferer is None else type(self.inferer).__name__, "checksums": checksums,
-                 **self.provenance}
+                 **run, **self.provenance}
         record = sidecar(method, region, {k: os.path.basename(f) for k, f in files.items()},
                          case_name(data, self.image_key), self.model_sha256, self.model_file, extra)
         atomic_write_text(path, json.dumps(record, indent=2))

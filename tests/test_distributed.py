@@ -104,9 +104,16 @@ def test_mask_blocks_split_the_seeded_sequence_at_batch_boundaries(monkeypatch):
         blocks = []
         for rank in range(world):
             monkeypatch.setattr(xdist, "rank_and_world", lambda group=None, r=rank, w=world: (r, w))
-            blocks.append(rise._mask_indices())
+            blocks.append(rise._mask_indices(0, n_masks))
         assert [i for b in blocks for i in b] == list(range(n_masks)), "contiguous, disjoint, complete, in order"
         assert all(b.start % batch == 0 for b in blocks if len(b)), "each rank runs the single process's batches"
+    # a stage of the adaptive estimator: its batches start at the stage's first mask
+    blocks = []
+    for rank in range(3):
+        monkeypatch.setattr(xdist, "rank_and_world", lambda group=None, r=rank: (r, 3))
+        blocks.append(MaskParallelSegRISE(net, batch_size=10, verbose=False)._mask_indices(64, 128))
+    assert [i for b in blocks for i in b] == list(range(64, 128))
+    assert all((b.start - 64) % 10 == 0 for b in blocks if len(b))
 
 
 def test_mask_parallel_rise_alone_is_segrise_and_rejects_what_it_cannot_split(small_unet):
@@ -149,11 +156,15 @@ net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1).eval()
 x = torch.rand(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
 target = RegionTarget(1, box=((4, 4, 2), (12, 12, 6)))
 CONFIGS = [dict(n_masks=22, batch_size=4), dict(n_masks=3, batch_size=4),  # rank 1 has no mask at all
-           dict(n_masks=13, batch_size=2, center_scores=True, context_margin=2, crop_multiple=4)]
+           dict(n_masks=13, batch_size=2, center_scores=True, context_margin=2, crop_multiple=4),
+           # the adaptive estimator: stages [0, 64), [64, 128), [128, 150), each split across the ranks
+           dict(n_masks=150, batch_size=12, score="dice"), dict(n_masks=140, batch_size=16, score="dice",
+                                                                center_scores=True, context_margin=2)]
 explainer = MaskParallelSegRISE if sys.argv[2] == "parallel" else SegRISE
 with process_group() as (rank, world):
-    maps = [explainer(net, grid_size=(4, 4, 2), score="logit", seed=3, verbose=False, **c).attribute(x, target)
+    maps = [explainer(net, grid_size=(4, 4, 2), seed=3, verbose=False, **{"score": "logit", **c}).attribute(x, target)
             for c in CONFIGS]
+    assert [m.info["estimator_used"] for m in maps] == ["plain"] * 3 + ["adaptive"] * 2
     torch.save([(e.saliency, e.info["n_masks_used"], e.info["mean_score"]) for e in maps],
                f"{sys.argv[1]}/{sys.argv[2]}_{rank}_of_{world}.pt")
 """

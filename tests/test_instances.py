@@ -93,10 +93,15 @@ def test_cam_of_many_instances_in_one_pass_equals_separate_runs(small_unet, shap
 
 def test_rise_of_20_instances_from_one_mask_stream_equals_separate_runs(small_unet):
     net, x, targets = _many_instances(small_unet, shape=(32, 32, 16))
-    rise = SegRISE(net, n_masks=16, batch_size=8, grid_size=(6, 6, 3), verbose=False)
+    # one mask stream serves every target: the plain estimator on the whole image, whatever the crop default
+    rise = SegRISE(net, n_masks=16, batch_size=8, grid_size=(6, 6, 3), verbose=False, estimator="plain",
+                   context_margin=None)
     shared = explain_regions(rise, x, targets)
     separate = torch.cat([rise.attribute(x, t).saliency for t in targets])
     torch.testing.assert_close(shared.saliency, separate, rtol=1e-6, atol=1e-7)  # the same float64 sums
+    default = explain_regions(SegRISE(net, n_masks=16, batch_size=8, grid_size=(6, 6, 3), verbose=False), x, targets)
+    assert default.info["shared"] and default.info["estimator_used"] == "plain"
+    torch.testing.assert_close(default.saliency, shared.saliency, rtol=1e-6, atol=1e-7)
 
 
 def test_rise_scores_a_false_negative_by_its_logits(small_unet):

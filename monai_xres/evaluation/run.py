@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from monai_xres.evaluation.report import write_report
 from monai_xres.evaluation.results import Evaluation, EvaluationSettings, metric_names
 from monai_xres.explainers.base import Explainer, predict
+from monai_xres.explainers.cam_shared import explain_all
 from monai_xres.explainers.registry import get_method, method_names
 from monai_xres.metrics.context import context_radius
 from monai_xres.metrics.faithfulness import deletion_insertion, locality, masking_curve, spacing_of
@@ -135,7 +136,7 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
                      target: RegionTarget,
                      where: dict[str, str], verbose: bool) -> None:
     s = result.settings
-    explanations = {name: e.attribute(image, target) for name, e in explainers.items()}
+    explanations = explain_all(explainers, image, target)  # CAM variants of one layer share one backward
     maps = {name: e.saliency for name, e in explanations.items()}
     agree = agreement(maps, s.reference) if s.reference in maps else {}
     spacing = spacing_of(image, s.spacing)

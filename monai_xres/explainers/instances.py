@@ -9,11 +9,15 @@ allows:
   (``torch.autograd.grad(..., is_grads_batched=True)``) for all targets at once. With a sliding-window
   inferer each window runs forward once and its backward is batched over the targets whose gradient
   reaches it (windows that touch no target are skipped, as in :mod:`monai_xres.explainers.sliding`).
-- RISE: one set of masks; each masked forward pass is scored for every target. A target with no predicted
-  voxel (a false-negative instance) has no Dice to lose and is scored by its logits (``info["score"]``).
+- RISE: one set of masks over the whole image; each masked forward pass is scored for every target. One
+  mask set cannot follow every target's adaptive proposal, so this is the plain estimator
+  (``info["estimator_used"]``); an explicit ``context_margin`` runs one cropped RISE per target instead. A
+  target with no predicted voxel (a false-negative instance) has no Dice to lose and is scored by its
+  logits (``info["score"]``).
 - Any other explainer: one :meth:`~monai_xres.explainers.base.Explainer.attribute` per target.
 
-Each map equals the one the explainer gives for that target alone (tested to float32 rounding).
+Each map equals the one the explainer gives for that target alone (RISE: with ``estimator="plain"`` and
+``context_margin=None``), tested to float32 rounding.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.explainers.rise import SegRISE
 from monai_xres.explainers.rise_scoring import region_scorer
 from monai_xres.explainers.rise_stream import RiseSums, mask_batches
-from monai_xres.explainers.sliding import _forward_recording, _importance, _pad_sizes
+from monai_xres.explainers.sliding import forward_recording, importance_map, pad_sizes
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["explain_regions"]
@@ -57,7 +61,7 @@ def explain_regions(explainer: Explainer, x: torch.Tensor, targets: list[RegionT
         with preserved_model_state(explainer.network, explainer.eval_mode):
             if isinstance(explainer, SegXResCAM):
                 result = _cam(explainer, x, targets, affines[0], verbose)
-            elif isinstance(explainer, SegRISE) and explainer.crop.context_margin is None:
+            elif isinstance(explainer, SegRISE) and explainer.crop.context_margin in (None, "auto"):
                 result = _rise(explainer, x, targets, affines[0], verbose)
             else:
                 result = None
@@ -126,14 +130,14 @@ def _sliding(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affi
     """The sliding-window CAM of every target: one forward per window, backward batched over targets."""
     inferer, spatial = cam.inferer, tuple(x.shape[2:])
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
-    logits, windows = _forward_recording(cam.network, x, inferer, roi)
+    logits, windows = forward_recording(cam.network, x, inferer, roi)
     regions = [t.region(logits[0], affine) for t in targets]
     upstream, scores = _upstreams(logits, targets, regions)
-    pad = _pad_sizes(spatial, roi)
+    pad = pad_sizes(spatial, roi)
     image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
     x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
         if any(pad) else x
-    imp = _importance(inferer, image_size, roi, x.device)
+    imp = importance_map(inferer, image_size, roi, x.device)
     count = torch.zeros(image_size, device=x.device)
     for _, sl in windows:
         count[sl] += imp
@@ -174,13 +178,13 @@ def _rise(rise: SegRISE, x: torch.Tensor, targets: list[RegionTarget], affine: A
                      torch.zeros(spatial, dtype=torch.float64, device=x.device) if centred else None) for _ in targets]
     fill = torch.tensor(rise.scoring.fill, dtype=x.dtype, device=x.device)
     diff = x - fill
-    indices = rise._mask_indices()
+    indices = rise._mask_indices(0, rise.n_masks)
     batches = mask_batches(spec, indices, (0,) * len(spatial), spatial, x, rise.batching.batch_size, None)
     with tqdm(total=len(indices), desc="SegRISE", unit="mask", disable=None if verbose else True, leave=False) as bar:
-        for batch in batches:
+        for batch, _ in batches:  # plain draws: no importance weights
             out = rise.forward(torch.addcmul(fill, diff, batch), rise.inferer)
             for total, scorer in zip(sums, scorers):
-                total.add(batch, scorer(out).tolist(), with_totals=False)
+                total.add(batch, rise.scoring.weight(scorer(out).tolist()), with_totals=False)
             bar.update(batch.shape[0])
     maps = []
     for total in sums:
@@ -189,6 +193,8 @@ def _rise(rise: SegRISE, x: torch.Tensor, targets: list[RegionTarget], affine: A
         if centred:
             inside = inside - total.masks * (total.mean_score / (total.n_used * spec.p_keep))
         maps.append(inside[None])
-    info = {"shared": True, "n_masks_used": [s.n_used for s in sums], "mean_score": [s.mean_score for s in sums],
+    # one mask set serves every target, so no target's map can steer the draws: the plain estimator
+    info = {"shared": True, "estimator_used": "plain", "n_masks_used": [s.n_used for s in sums],
+            "mean_score": [s.mean_score for s in sums],
             "score": kinds}
     return Explanation(torch.stack(maps).float(), logits, regions, full, info)

@@ -116,7 +116,7 @@ def ensemble_cam(cam: WindowExplainer, x: torch.Tensor, logits: torch.Tensor, ta
     if x.shape[0] != 1:
         raise ValueError(f"An nnU-Net prediction explains one image at a time, got a batch of {x.shape[0]}.")
     regions = cam.resolve_regions(logits, targets, affines)
-    grad, scores = _region_gradient(logits, targets, regions)
+    grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
     mirrors = mirror_sets(plan.mirror_axes)
     scale = 1.0 / (len(plan.parameters) * len(mirrors))
     image = plan.pad(x[0])

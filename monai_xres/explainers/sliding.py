@@ -28,7 +28,7 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.networks import first_head
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["check_inferer", "sliding_cam"]
+__all__ = ["check_inferer", "forward_recording", "importance_map", "pad_sizes", "sliding_cam"]
 
 Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
 
@@ -57,7 +57,7 @@ def check_inferer(inferer: Any) -> Any:
     return inferer
 
 
-def _pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
+def pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
     """MONAI's symmetric padding of an image smaller than the window (F.pad order: last axis first)."""
     pad: list[int] = []
     for n, r in zip(reversed(spatial), reversed(roi)):
@@ -66,7 +66,7 @@ def _pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
     return pad
 
 
-def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...]):
+def forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...]):
     """Stitched logits from MONAI's sliding window inference, and the windows it used."""
     windows: list[Window] = []
 
@@ -82,7 +82,7 @@ def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, 
     return logits, windows
 
 
-def _importance(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
+def importance_map(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
                 device: torch.device) -> torch.Tensor:
     valid = get_valid_patch_size(image_size, roi)
     if valid == roi and inferer.roi_weight_map is not None:
@@ -103,7 +103,8 @@ def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions:
 
 def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarget], affines: list,
                 inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
-    """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring.
+    """Signed Seg-XRes-CAM ``(B, n_maps, *spatial)`` of the stitched output (``cam.n_maps`` channels, default
+    1); see the module docstring.
 
     Args:
         skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
@@ -113,22 +114,23 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
     """
     spatial = tuple(x.shape[2:])
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
-    logits, windows = _forward_recording(cam.network, x, inferer, roi)
+    logits, windows = forward_recording(cam.network, x, inferer, roi)
     regions = cam.resolve_regions(logits, targets, affines)
     grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
 
-    pad = _pad_sizes(spatial, roi)
+    pad = pad_sizes(spatial, roi)
     image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
     x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
         if any(pad) else x
-    imp = _importance(inferer, image_size, roi, x.device)
+    imp = importance_map(inferer, image_size, roi, x.device)
     count = torch.zeros(image_size, device=x.device)
     for _, sl in windows:
         count[sl] += imp
     upstream = F.pad(grad, pad) / count if any(pad) else grad / count
 
     needed = [w for w in windows if not skip_empty or bool(upstream[(w[0], slice(None), *w[1])].any())]
-    total = torch.zeros((x.shape[0], 1, *image_size), device=x.device)
+    # one channel per map: several CAM variants can share each window's backward pass (cam_shared)
+    total = torch.zeros((x.shape[0], getattr(cam, "n_maps", 1), *image_size), device=x.device)
     step = max(1, int(inferer.sw_batch_size))
     for start in tqdm(range(0, len(needed), step), desc="windows", disable=None if verbose else True, leave=False):
         batch = needed[start:start + step]
