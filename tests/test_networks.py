@@ -108,6 +108,38 @@ def test_model_is_left_exactly_as_found(training):
     assert _hook_count(net) == 0
 
 
+class _FrozenNorm(nn.BatchNorm3d):
+    """A norm that stays in eval mode whatever train() says (as frozen-BN fine-tuning code does)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.train_calls = 0
+
+    def train(self, mode: bool = True):
+        self.train_calls += 1
+        return super().train(False)
+
+
+def test_guard_runs_a_module_own_train_and_restores_mixed_flags_and_shared_weights():
+    from monai_xres.explainers.base import preserved_model_state
+
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), _FrozenNorm(4), nn.Dropout(0.5), nn.Conv3d(4, 2, 1))
+    net.append(net[0])  # a module (and its weights) reached twice
+    net[2].train(True)
+    net[1].train_calls = 0
+    net[3].weight.requires_grad_(False)
+    before = _state(net)
+    with preserved_model_state(net):
+        assert net[1].train_calls == 1  # its own train() ran, not a bare flag write
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+    assert _state(net)[1:] == before[1:]
+    with pytest.raises(RuntimeError), preserved_model_state(net, eval_mode=False):
+        assert net[2].training
+        raise RuntimeError("inside")
+    assert _state(net)[1:] == before[1:]
+
+
 def test_hooks_removed_and_state_restored_when_it_raises():
     net = UNet(2, 1, 3, (4, 8), (2,), num_res_units=0, norm="batch").train()
     before = _state(net)
