@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
+from monai.utils import CommonKeys
 from torch import nn
 
 from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
@@ -34,11 +36,26 @@ from monai_xres.transforms import ExplainRegiond, Inferer, like_image
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["SaliencyWriter", "build_explainer"]
+__all__ = ["SaliencyWriter", "build_explainer", "keep_prediction"]
 
 logger = logging.getLogger(__name__)
 
 _CASE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+
+
+PREDICTION = "monai_xres_prediction"  # engine.state attribute: (iteration, its raw stitched logits)
+
+
+def keep_prediction(engine: Engine) -> None:
+    """On ``IterationEvents.FORWARD_COMPLETED`` (before the evaluator's postprocessing): keep the inferer's raw
+    output ``(B, C, *spatial)`` on ``engine.state`` for :class:`SaliencyWriter`, which explains that very
+    prediction without running it again (the state lives on the engine, one iteration long)."""
+    output = engine.state.output
+    pred = output.get(CommonKeys.PRED) if isinstance(output, Mapping) else None
+    if isinstance(pred, MetaTensor):
+        pred = pred.as_tensor()
+    kept = pred.detach() if isinstance(pred, torch.Tensor) else None
+    setattr(engine.state, PREDICTION, (engine.state.iteration, kept))  # the iteration it belongs to
 
 
 class SaliencyWriter:
@@ -116,7 +133,9 @@ class SaliencyWriter:
 
     def attach(self, engine: Engine) -> None:
         """Explain and write after every iteration of ``engine`` (``Events.ITERATION_COMPLETED``); build
-        explainer configs with ``engine.network`` when it starts, if no network was given."""
+        explainer configs with ``engine.network`` when it starts, if no network was given. On a MONAI
+        evaluator, :func:`keep_prediction` also keeps each iteration's raw prediction, so a sliding-window
+        CAM explains it without predicting again."""
         from ignite.engine import Events
 
         if self.transform is None:
@@ -125,6 +144,11 @@ class SaliencyWriter:
             engine.add_event_handler(Events.STARTED, self.build_for)
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        from monai.engines.utils import IterationEvents
+
+        forward = IterationEvents.FORWARD_COMPLETED
+        if forward in getattr(engine, "_allowed_events", ()) and not engine.has_event_handler(keep_prediction, forward):
+            engine.add_event_handler(forward, keep_prediction)
 
     def build_for(self, engine: Engine) -> None:
         """Build the explainer configs with ``engine.network`` (registered on ``Events.STARTED`` by :meth:`attach`)."""
@@ -132,8 +156,12 @@ class SaliencyWriter:
             self._build(getattr(engine, "network", None))
 
     def __call__(self, engine: Engine) -> None:
-        for data in self._cases(engine.state.batch, engine.state.output):
-            self.write_case(data)
+        iteration, prediction = getattr(engine.state, PREDICTION, (None, None))  # kept by keep_prediction
+        cases = self._cases(engine.state.batch, engine.state.output)
+        if iteration != engine.state.iteration or prediction is None or len(prediction) != len(cases):
+            prediction = [None] * len(cases)
+        for data, logits in zip(cases, prediction):
+            self.write_case(data, logits)
 
     def _cases(self, batch: Any, output: Any) -> list[dict]:
         """One dict per case: the batch's keys (the preprocessed image with its history) over the output's."""
@@ -144,8 +172,11 @@ class SaliencyWriter:
         return [{**(o if isinstance(o, Mapping) else {}), **(b if isinstance(b, Mapping) else {})}
                 for b, o in zip(batch, output)]
 
-    def write_case(self, data: Mapping[Hashable, Any]) -> list[str]:
+    def write_case(self, data: Mapping[Hashable, Any], prediction: torch.Tensor | None = None) -> list[str]:
         """Explain and write one case (every method and region); returns the NIfTI paths written.
+
+        ``prediction``: the inferer's stitched logits ``(C, *spatial)`` of the case's image, if already made
+        (see :meth:`ExplainRegiond.explain <monai_xres.transforms.ExplainRegiond.explain>`).
 
         CAM variants sharing a target layer are computed together, one forward and one backward pass per
         window (:mod:`~monai_xres.explainers.cam_shared`); each still gets its own files. Errors are logged
@@ -154,7 +185,7 @@ class SaliencyWriter:
         for region, spec in self.regions.items():
             for names, job in group_by_gradient(self.explainers):
                 try:
-                    files.extend(self._write_job(data, names, job, region, spec))
+                    files.extend(self._write_job(data, names, job, region, spec, prediction))
                 except _CASE_ERRORS as e:
                     if self.raise_errors:
                         raise
@@ -173,11 +204,11 @@ class SaliencyWriter:
         return files
 
     def _write_job(self, data: Mapping, names: list[str], explainer: Explainer, region: str,
-                   spec: RegionSpec) -> list[str]:
+                   spec: RegionSpec, prediction: torch.Tensor | None = None) -> list[str]:
         """Explain one region with one explainer (one map each of ``names``) and write every map."""
         adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
                                  slice_index=self.slice_index)
-        saliency, explanation, facts = adapter.explain(data)
+        saliency, explanation, facts = adapter.explain(data, prediction)
         image = data[self.image_key]
         if not isinstance(image, MetaTensor):
             raise ValueError("the image is a plain tensor without geometry: load it with MONAI's LoadImaged "

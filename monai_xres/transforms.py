@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
 from monai.transforms import MapTransform
 from torch import nn
 
@@ -100,9 +101,15 @@ class ExplainRegiond(MapTransform):
         d[self.output_key] = self.explain(d)[0]
         return d
 
-    def explain(self, data: Mapping[Hashable, Any]) -> tuple[MetaTensor, Explanation, dict]:
+    def explain(self, data: Mapping[Hashable, Any], prediction: torch.Tensor | None = None
+                ) -> tuple[MetaTensor, Explanation, dict]:
         """The case's map ``(1, *spatial)`` as a MetaTensor, the explainer's :class:`Explanation` (batch of
-        one, on the explained grid), and region facts for provenance (voxel box/point, markup)."""
+        one, on the explained grid), and region facts for provenance (voxel box/point, markup).
+
+        ``prediction``: the stitched logits ``(C, *spatial)`` of this image by the explainer's own
+        sliding-window inferer, if already made (:class:`~monai_xres.handlers.SaliencyWriter` passes the
+        evaluator's): it saves one prediction where the explainer follows that inferer's windows over the
+        whole image (no slice axis), and is not used otherwise."""
         case = case_name(data, self.image_key)
         try:
             image = self._image(data)
@@ -116,7 +123,7 @@ class ExplainRegiond(MapTransform):
             x = x[None]
             if self.inferer is not None:
                 target = self._inferred_target(x, target)
-            explanation = self.explainer.attribute(x, target)
+            explanation = self.explainer.attribute(x, target, **self._known(x, prediction))
         except (ValueError, KeyError, OSError) as e:
             raise ValueError(f"Case {case}: {e}") from e
         saliency = self.restore_slice(explanation.saliency[0].detach(), image, index)
@@ -124,6 +131,14 @@ class ExplainRegiond(MapTransform):
         if index is not None:
             facts["slice"] = {"axis": self._axis(image), "index": index}
         return like_image(saliency, image), explanation, facts
+
+    def _known(self, x: torch.Tensor, prediction: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``{"prediction": (1, C, *spatial)}`` where the explainer can use it (see :meth:`explain`), else ``{}``."""
+        windowed = self.inferer is None and isinstance(getattr(self.explainer, "inferer", None), SlidingWindowInferer)
+        if prediction is None or self.slice_axis is not None or not windowed:
+            return {}
+        prediction = prediction.as_tensor() if isinstance(prediction, MetaTensor) else torch.as_tensor(prediction)
+        return {"prediction": prediction[None]} if tuple(prediction.shape[1:]) == tuple(x.shape[2:]) else {}
 
     def _image(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
         if self.image_key not in data:

@@ -209,3 +209,37 @@ def test_overlay_centre_and_shape_check(tmp_path):
     assert matplotlib.image.imread(tmp_path / "o.png").shape[2] == 4
     with pytest.raises(ValueError, match="must share one grid"):
         save_overlay(tmp_path / "x.png", saliency, saliency[:-1], None)
+
+
+def test_on_an_evaluator_the_cam_explains_its_prediction_without_predicting_again(tmp_path, net):
+    from monai.inferers import SlidingWindowInferer
+
+    from monai_xres.explainers.sliding import window_layout
+
+    calls = []
+    net.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    inferer = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    cases = [{"image": _scan(tmp_path / "scan.nii.gz", seed=3)}]
+    pre = _pre()
+    evaluator = SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(cases, pre), batch_size=1), net,
+                                    inferer=inferer)
+    region = {"box": {"class_index": 1, "box": [[1, 1, 1], [6, 5, 4]], "voxel_grid": "preprocessed",
+                      "restrict_to_prediction": False}}
+    writer = SaliencyWriter(HiResCAM(net), region, output_dir=tmp_path / "eval", inferer=inferer, overlay=False,
+                            write_sidecar=False)
+    writer.attach(evaluator)
+    evaluator.run()
+    on_evaluator, calls[:] = sum(calls), []
+    # the same case written on its own must predict it first (its windows recorded): the same map
+    image = pre(dict(cases[0]))["image"]
+    alone = SaliencyWriter(HiResCAM(net), region, output_dir=tmp_path / "alone", inferer=inferer, overlay=False,
+                           write_sidecar=False, transform=pre)
+    alone.write_case({"image": image})
+    standalone = sum(calls)
+    windows = len(window_layout(1, tuple(image.shape[1:]), inferer, (8, 8, 8)))
+    (with_prediction,), (without,) = writer.written, alone.written
+    assert np.array_equal(nib.load(with_prediction).get_fdata(), nib.load(without).get_fdata())
+    assert np.abs(nib.load(without).get_fdata()).sum() > 0
+    # evaluator: its inference + the CAM's windows; alone: a prediction + the same CAM windows
+    needed = standalone - windows
+    assert 0 < needed < windows and on_evaluator == windows + needed

@@ -108,3 +108,51 @@ def test_rise_through_the_inferer_equals_rise_on_the_whole_volume_for_a_pointwis
     torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-6)
     # the same masks; the stitched outputs differ from the direct ones by float32 rounding of the blending
     torch.testing.assert_close(b.saliency, a.saliency, rtol=1e-4, atol=1e-4 * float(a.saliency.abs().max()))
+
+
+class _Calls(nn.Module):
+    """Counts the windows a network is run on."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.windows = net, 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("spatial, roi, overlap", [((37, 29, 11), (16, 16, 8), 0.25), ((16, 40, 9), (16, 16, 8), 0.5),
+                                                    ((10, 20, 6), (16, 16, 8), 0.25), ((47, 47, 20), (24, 24, 16),
+                                                                                       (0.5, 0.25, 0.0))])
+def test_the_window_layout_is_the_one_monai_runs(spatial, roi, overlap):
+    from monai_xres.explainers.sliding import forward_recording, window_layout
+
+    inferer = SlidingWindowInferer(roi, sw_batch_size=3, overlap=overlap)
+    _, recorded = forward_recording(_pointwise(), torch.randn(2, 1, *spatial), inferer, roi)
+    assert window_layout(2, spatial, inferer, roi) == recorded
+
+
+def test_a_known_prediction_gives_the_same_map_without_predicting_again():
+    torch.manual_seed(4)
+    net = _Calls(UNet(3, 1, 3, (4, 8, 16), (2, 2), num_res_units=1).eval())
+    x = torch.randn(1, 1, 40, 28, 12)
+    target = RegionTarget(1, box=((2, 2, 1), (14, 12, 6)))
+    inferer = SlidingWindowInferer((16, 16, 8), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    cam = SegXResCAM(net, "net.model.1.submodule", pool_size=2, inferer=inferer, verbose=False)
+    with torch.no_grad():
+        prediction = inferer(x, net)
+    run = net.windows
+    net.windows = 0
+    again = cam.attribute(x, target)
+    predicted_too = net.windows
+    net.windows = 0
+    known = cam.attribute(x, target, prediction=prediction)
+    assert torch.equal(known.saliency, again.saliency) and known.scores == again.scores
+    assert torch.equal(known.regions[0], again.regions[0]) and known.saliency.abs().sum() > 0
+    needed = again.info["windows_total"] - again.info["windows_skipped"]
+    assert 0 < needed < run and predicted_too == run + needed and net.windows == needed
+    with pytest.raises(ValueError, match="not the inferer's output"):
+        cam.attribute(x, target, prediction=prediction[..., :-1])
+    with pytest.raises(ValueError, match="stitched output of a SlidingWindowInferer"):
+        SegXResCAM(net, "net.model.1.submodule").attribute(x[..., :16, :16, :8], target, prediction=prediction)

@@ -18,7 +18,7 @@ from torch import nn
 from monai_xres.explainers.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.explainers.maps import resize_linear
 from monai_xres.explainers.pooling import POOL_MODES, PoolSize, pool_gradient, window_of
-from monai_xres.explainers.sliding import check_inferer, sliding_cam
+from monai_xres.explainers.sliding import check_inferer, check_prediction, sliding_cam
 from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
@@ -104,14 +104,17 @@ class SegXResCAM(Explainer):
         return params
 
     def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any], relu: bool = True,
-                upsample: bool = True) -> Explanation:
+                upsample: bool = True, prediction: torch.Tensor | None = None) -> Explanation:
         """The map of each sample's target (called by :meth:`attribute`, which takes the same options).
 
         Args:
             relu: apply the ReLU (False gives the signed map, e.g. to check completeness).
             upsample: resize to the input grid (False keeps the feature grid ``(B, 1, *grid)``).
+            prediction: with a ``SlidingWindowInferer``, its stitched logits of ``x`` ``(B, C, *spatial)`` if
+                already computed (e.g. by the bundle's evaluator): the same map, one prediction fewer.
         """
         info: dict[str, Any] = {}
+        check_prediction(self.inferer, prediction)
         with self._autocast(x):
             if self.inferer is not None:
                 if not upsample:
@@ -120,7 +123,7 @@ class SegXResCAM(Explainer):
                 stitched = getattr(self.inferer, "stitched_cam", None)
                 cam, logits, regions, scores, info = (
                     stitched(self, x, targets, affines, self.verbose) if stitched is not None
-                    else sliding_cam(self, x, targets, affines, self.inferer, self.verbose))
+                    else sliding_cam(self, x, targets, affines, self.inferer, self.verbose, prediction=prediction))
             else:
                 logits, activation = self._forward_from_layer(x)
                 regions = self.resolve_regions(logits, targets, affines)

@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from monai.inferers import SlidingWindowInferer
 
 from monai_xres.explainers.base import Explainer, Explanation, Target
 from monai_xres.explainers.cam import SegXResCAM
 from monai_xres.explainers.maps import resize_linear
-from monai_xres.explainers.sliding import sliding_cam
+from monai_xres.explainers.sliding import check_prediction, sliding_cam
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["SharedGradientCAM", "explain_all", "group_by_gradient", "shares_gradient"]
@@ -105,18 +106,25 @@ class SharedGradientCAM(Explainer):
         return {**super().params(), "members": {name: m.params() for name, m in self.members.items()}}
 
     def with_inferer(self, inferer: Any) -> SharedGradientCAM | None:
-        """The members on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
+        """The members on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None (an inferer
+        with its own ``stitched_cam``, such as nnU-Net's, builds one map at a time)."""
+        if not isinstance(inferer, SlidingWindowInferer):
+            return None
         windowed = {name: m.with_inferer(inferer) for name, m in self.members.items()}
         if any(m is None for m in windowed.values()):
             return None
         return SharedGradientCAM(windowed)
 
-    def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any]) -> Explanation:
-        """Every member's map, after its ReLU, on the input grid: ``(B, len(members), *spatial)``."""
+    def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any],
+                prediction: torch.Tensor | None = None) -> Explanation:
+        """Every member's map, after its ReLU, on the input grid: ``(B, len(members), *spatial)``; ``prediction``
+        as :meth:`SegXResCAM.explain <monai_xres.explainers.cam.SegXResCAM.explain>`."""
         lead, info = self.lead, {}
+        check_prediction(lead.inferer, prediction)
         with lead._autocast(x):
             if lead.inferer is not None:
-                cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, lead.inferer, lead.verbose)
+                cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, lead.inferer, lead.verbose,
+                                                                 prediction=prediction)
             else:
                 logits, activation = lead._forward_from_layer(x)
                 regions = self.resolve_regions(logits, targets, affines)

@@ -9,7 +9,11 @@ whose ``dS/dout_w`` is exactly zero (no overlap with the region) need no backwar
 
 The prediction itself comes from MONAI's ``sliding_window_inference`` (its window slices recorded with
 ``with_coord``), the blending weights from MONAI's ``compute_importance_map``: nothing of MONAI's
-stitching is re-implemented beyond summing its weights over its own windows.
+stitching is re-implemented beyond summing its weights over its own windows. A caller that already holds
+that prediction (a bundle's evaluator has just run the same inferer on the same input) passes it as
+``prediction``: ``dS/dL`` does not depend on ``L`` (the score is a sum of logits over the region), only the
+region does, so the map is the same and one whole prediction is saved; the windows are then MONAI's own
+``dense_patch_slices`` layout (:func:`window_layout`, tested equal to the recorded one).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from monai.data.utils import compute_importance_map, get_valid_patch_size
+from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
 from monai.inferers import SlidingWindowInferer, sliding_window_inference
-from monai.utils import PytorchPadMode, fall_back_tuple, look_up_option
+from monai.inferers.utils import _get_scan_interval  # the scan step sliding_window_inference itself uses
+from monai.utils import PytorchPadMode, ensure_tuple_rep, fall_back_tuple, look_up_option
 from tqdm.auto import tqdm
 
 from monai_xres.explainers.base import network_errors
@@ -28,7 +33,8 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.networks import first_head
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["check_inferer", "forward_recording", "importance_map", "pad_sizes", "sliding_cam"]
+__all__ = ["check_inferer", "check_prediction", "forward_recording", "importance_map", "pad_sizes", "sliding_cam",
+           "window_layout"]
 
 Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
 
@@ -82,6 +88,33 @@ def forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, r
     return logits, windows
 
 
+def window_layout(batch: int, spatial: tuple[int, ...], inferer: SlidingWindowInferer,
+                  roi: tuple[int, ...]) -> list[Window]:
+    """The windows ``sliding_window_inference`` runs on a ``(batch, C, *spatial)`` input, in its order (an
+    unbuffered inferer, as :func:`check_inferer` requires): what :func:`forward_recording` records, without
+    running the network."""
+    image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
+    interval = _get_scan_interval(image_size, roi, len(roi), ensure_tuple_rep(inferer.overlap, len(roi)))
+    slices = dense_patch_slices(image_size, roi, interval, return_slice=True)
+    return [(b, tuple(sl)) for b in range(batch) for sl in slices]
+
+
+def check_prediction(inferer: Any, prediction: torch.Tensor | None) -> None:
+    """Refuse a ``prediction`` given to an explainer that has no ``SlidingWindowInferer`` to have made it."""
+    if prediction is not None and not isinstance(inferer, SlidingWindowInferer):
+        raise ValueError("prediction= is the stitched output of a SlidingWindowInferer: give the explainer that "
+                         "inferer (inferer=... or with_inferer), or leave prediction out.")
+
+
+def _known_prediction(x: torch.Tensor, prediction: torch.Tensor, inferer: SlidingWindowInferer,
+                      roi: tuple[int, ...]) -> tuple[torch.Tensor, list[Window]]:
+    if prediction.shape[0] != x.shape[0] or tuple(prediction.shape[2:]) != tuple(x.shape[2:]):
+        raise ValueError(f"prediction {tuple(prediction.shape)} is not the inferer's output for an input of shape "
+                         f"{tuple(x.shape)}: give the stitched logits (B, C, *spatial) of this input, or none.")
+    return prediction.detach().to(device=x.device, dtype=torch.float32), window_layout(
+        x.shape[0], tuple(x.shape[2:]), inferer, roi)
+
+
 def importance_map(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
                 device: torch.device) -> torch.Tensor:
     valid = get_valid_patch_size(image_size, roi)
@@ -102,19 +135,23 @@ def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions:
 
 
 def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarget], affines: list,
-                inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
+                inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True,
+                prediction: torch.Tensor | None = None):
     """Signed Seg-XRes-CAM ``(B, n_maps, *spatial)`` of the stitched output (``cam.n_maps`` channels, default
     1); see the module docstring.
 
     Args:
         skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
+        prediction: ``inferer``'s stitched logits of ``x`` ``(B, C, *spatial)``, if the caller has them (the
+            region is resolved on them and no prediction is run); None: predict, recording the windows.
 
     Returns:
         ``(cam_map, logits, regions, scores, info)``, ``info`` counting the windows run and skipped.
     """
     spatial = tuple(x.shape[2:])
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
-    logits, windows = forward_recording(cam.network, x, inferer, roi)
+    logits, windows = (forward_recording(cam.network, x, inferer, roi) if prediction is None
+                       else _known_prediction(x, prediction, inferer, roi))
     regions = cam.resolve_regions(logits, targets, affines)
     grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
 
