@@ -158,7 +158,8 @@ class SaliencyWriter:
     def __call__(self, engine: Engine) -> None:
         iteration, prediction = getattr(engine.state, PREDICTION, (None, None))  # kept by keep_prediction
         cases = self._cases(engine.state.batch, engine.state.output)
-        if iteration != engine.state.iteration or prediction is None or len(prediction) != len(cases):
+        same = getattr(engine, "inferer", None) is self.inferer  # it is this writer's inferer's prediction
+        if not same or iteration != engine.state.iteration or prediction is None or len(prediction) != len(cases):
             prediction = [None] * len(cases)
         for data, logits in zip(cases, prediction):
             self.write_case(data, logits)
