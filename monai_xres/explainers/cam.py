@@ -7,7 +7,7 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,9 +17,10 @@ from monai.utils import ensure_tuple
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation, network_errors, per_axis
+from monai_xres.explainers.levels import captured_outputs, check_layers, combine_levels
 from monai_xres.explainers.maps import resize_linear
 from monai_xres.explainers.sliding import check_inferer, sliding_cam
-from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
+from monai_xres.networks import Reshape, TargetLayer, first_head, layer_list, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
@@ -70,8 +71,11 @@ class SegXResCAM(Explainer):
 
     Args:
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``, 2D or 3D.
-        target_layer: dotted module name or module; None takes the bottleneck of MONAI's UNet, UNETR,
-            SwinUNETR or SegResNet (see :func:`~monai_xres.networks.default_layer_name`).
+        target_layer: dotted module name, level alias (``"bottleneck"``, ``"decoder1"`` nearest the head ..
+            ``"decoderN"``, ``"head-input"``; :func:`~monai_xres.networks.network_levels`) or module; None
+            takes the network type's default (:func:`~monai_xres.networks.default_layer_name`). Several
+            layers (a list, or ``"decoder1+decoder2"``) give a multi-layer map: each level's map is the
+            exact single-layer map, resized to the input grid, and ``combine`` makes them one map.
         pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM.
         pool_mode: ``"mean"`` or ``"max"``.
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
@@ -80,6 +84,8 @@ class SegXResCAM(Explainer):
             (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan.
         amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
+        combine: with several layers, ``"mean"`` (each level's map divided by its own maximum, then
+            averaged: every level counts alike) or ``"sum"`` (the raw maps added, in region-score units).
 
     Example::
 
@@ -90,13 +96,16 @@ class SegXResCAM(Explainer):
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
                  eval_mode: bool = True, inferer: SlidingWindowInferer | None = None, amp: bool = True,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, combine: str = "mean") -> None:
         super().__init__(network, eval_mode)
         if pool_mode not in ("mean", "max"):
             raise ValueError(f"pool_mode must be 'mean' or 'max', got {pool_mode!r}.")
         if pool_size != "global":
             _window(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
-        self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
+        self.layers: list[TargetLayer] = [resolve_layer(network, t, reshape) for t in layer_list(target_layer)]
+        check_layers(self.layers, combine)
+        self.layer: TargetLayer = self.layers[0]
+        self.combine_rule = combine
         self.pool_size = pool_size
         self.pool_mode = pool_mode
         self.inferer = None if inferer is None else check_inferer(inferer)
@@ -113,6 +122,8 @@ class SegXResCAM(Explainer):
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
         params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode}
+        if len(self.layers) > 1:
+            params.update(target_layer=[layer.name for layer in self.layers], combine=self.combine_rule)
         if self.inferer is not None:
             params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
                                  "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
@@ -127,93 +138,98 @@ class SegXResCAM(Explainer):
             upsample: resize to the input grid (False keeps the feature grid ``(B, 1, *grid)``).
         """
         info: dict[str, Any] = {}
+        several = len(self.layers) > 1
+        if several and not upsample:
+            raise ValueError("Several target layers have several feature grids: their map is made on the input "
+                             "grid (upsample=True).")
         with self._autocast(x):
             if self.inferer is not None:
                 if not upsample:
                     raise ValueError("With a sliding-window inferer the map is built on the input grid: "
                                      "upsample=False is not available.")
                 cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, self.inferer, self.verbose)
+                cam = cam.relu() if relu else cam
             else:
-                logits, activation = self._forward_from_layer(x)
+                logits, activations = self._forward_from_layers(x)
                 regions = self.resolve_regions(logits, targets, affines)
-                grad, scores = self._score_gradient(logits, activation, targets, regions)
-                cam = self.combine(activation.detach(), grad)
-        if relu:
-            cam = cam.relu()
-        if upsample:
-            cam = resize_linear(cam, x.shape[2:])
+                grads, scores = self._score_gradient(logits, activations, targets, regions)
+                maps = [self._level_map(layer, a.detach(), g) for layer, a, g in zip(self.layers, activations, grads)]
+                maps = [m.relu() for m in maps] if relu else maps
+                cam = torch.cat([resize_linear(m.float(), x.shape[2:]) for m in maps], 1) if upsample else maps[0]
+        if several:
+            cam = combine_levels(cam, self.combine_rule)
         return Explanation(cam.float(), logits.detach(), regions, scores, info)
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some
-        score with respect to the network output (used per window by :mod:`monai_xres.explainers.sliding`)."""
-        output, activation = self._forward_from_layer(x)
+        score with respect to the network output (used per window by :mod:`monai_xres.explainers.sliding`).
+        With several layers: ``(B, L, *spatial of x)``, one signed map per level on the window's grid."""
+        output, activations = self._forward_from_layers(x)
         self._check_connected(output)
-        (grad,) = torch.autograd.grad(output, activation, grad_outputs=upstream.to(output.dtype))
-        return self.combine(activation.detach(), grad)
+        grads = self._gradients(output, activations, upstream.to(output.dtype))
+        maps = [self._level_map(layer, a.detach(), g) for layer, a, g in zip(self.layers, activations, grads)]
+        return maps[0] if len(maps) == 1 else torch.cat([resize_linear(m, x.shape[2:]) for m in maps], 1)
 
     def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation."""
-        if self.layer.reshape is not None:
-            activation, grad = self.layer.reshape(activation), self.layer.reshape(grad)
+        return self._level_map(self.layer, activation, grad)
+
+    def _level_map(self, layer: TargetLayer, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if layer.reshape is not None:
+            activation, grad = layer.reshape(activation), layer.reshape(grad)
         if activation.ndim < 3:
-            raise ValueError(f"Layer {self.layer.name!r} gives {tuple(activation.shape)}, not a feature map "
+            raise ValueError(f"Layer {layer.name!r} gives {tuple(activation.shape)}, not a feature map "
                              "(B, K, *grid): choose a convolutional layer or pass reshape=...")
-        weights = pool_gradient(grad.float(), self.pool_size, self.pool_mode)
-        return (weights * activation.float()).sum(1, keepdim=True)
+        dtype = torch.promote_types(grad.dtype, torch.float32)  # float32 at least; float64 networks stay exact
+        weights = pool_gradient(grad.to(dtype), self.pool_size, self.pool_mode)
+        return (weights * activation.to(dtype)).sum(1, keepdim=True)
 
     def _autocast(self, x: torch.Tensor):
         return torch.autocast("cuda") if self.amp and x.is_cuda else contextlib.nullcontext()
 
     def _forward_from_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output and the captured target-layer leaf.
+        """Network output and the captured target-layer leaf (the first layer's, with several)."""
+        output, activations = self._forward_from_layers(x)
+        return output, activations[0]
 
-        Autograd records only from the layer on: no parameter requires grad inside the explainer's model
-        guard and the input does not either, so the first tensor that does is the captured leaf."""
-        with self._captured_activation() as captured, torch.enable_grad(), network_errors(x):
-            output = self.network(x)
-        if not captured:
-            raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "
-                             "network uses for this input.")
-        return first_head(output), captured[0]
+    def _forward_from_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Network output and each target layer's captured output (:func:`.levels.captured_outputs`).
+
+        Autograd records only from the first captured layer on: no parameter requires grad inside the
+        explainer's model guard and the input is detached, so the first tensor that does is a captured leaf."""
+        with captured_outputs(self.layers) as captured, torch.enable_grad(), network_errors(x):
+            output = self.network(x.detach())
+        missing = [layer.name for layer, a in zip(self.layers, captured) if a is None]
+        if missing:
+            raise ValueError(f"Layer(s) {missing} did not run in the forward pass: pick a layer the network "
+                             "uses for this input.")
+        return first_head(output), list(captured)
 
     def _check_connected(self, output: torch.Tensor) -> None:
         if not output.requires_grad:
             raise ValueError(f"The output does not depend on layer {self.layer.name!r}: choose a layer "
                              "between the input and the output.")
 
-    def _score_gradient(self, logits: torch.Tensor, activation: torch.Tensor, targets: list[RegionTarget],
-                        regions: list[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
-        """dS/dA of the summed region scores, and each sample's score."""
+    def _gradients(self, output: torch.Tensor, activations: Sequence[torch.Tensor],
+                   grad_output: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """d(output)/d(activation) for each captured activation; one backward pass for all of them."""
+        grads = torch.autograd.grad(output, list(activations), grad_outputs=grad_output, allow_unused=True)
+        unused = [layer.name for layer, g in zip(self.layers, grads) if g is None]
+        if unused:
+            raise ValueError(f"The output does not depend on layer(s) {unused}: choose layers between the input "
+                             "and the output.")
+        return grads
+
+    def _score_gradient(self, logits: torch.Tensor, activation: torch.Tensor | Sequence[torch.Tensor],
+                        targets: list[RegionTarget], regions: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], list[float]]:
+        """dS/dA of the summed region scores (a tuple of them for a list of activations), and each sample's score."""
         self._check_connected(logits)
         with torch.enable_grad():
             per_sample = [t.score(logits[i].float(), regions[i]) for i, t in enumerate(targets)]
-        (grad,) = torch.autograd.grad(torch.stack(per_sample).sum(), activation)
-        return grad, [float(s.detach()) for s in per_sample]
-
-    @contextlib.contextmanager
-    def _captured_activation(self) -> Iterator[list[torch.Tensor]]:
-        """Hook the target layer: its output becomes a leaf that requires grad, so the graph holds only what
-        lies between the layer and the output. The hook is removed on exit, also when the forward raises."""
-        captured: list[torch.Tensor] = []
-        name = self.layer.name
-
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor):
-                raise ValueError(f"Layer {name!r} returns {type(output).__name__}, not a tensor: choose its "
-                                 "sub-layer that returns the feature map (e.g. UNETR's 'vit.norm').")
-            if captured:
-                raise ValueError(f"Layer {name!r} runs more than once per forward pass: choose a layer "
-                                 "that runs once.")
-            leaf = output.detach().requires_grad_(True)
-            captured.append(leaf)
-            return leaf
-
-        handle = self.layer.module.register_forward_hook(hook)
-        try:
-            yield captured
-        finally:
-            handle.remove()
+        several = isinstance(activation, (list, tuple))
+        grads = self._gradients(torch.stack(per_sample).sum(), activation if several else [activation])
+        return grads if several else grads[0], [float(s.detach()) for s in per_sample]
 
 
 class HiResCAM(SegXResCAM):

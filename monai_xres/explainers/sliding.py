@@ -97,7 +97,8 @@ def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions:
 
 def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarget], affines: list,
                 inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
-    """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring.
+    """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring. An explainer
+    with several target layers gives ``(B, L, *spatial)``: each level's windows summed into its own channel.
 
     Args:
         skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
@@ -129,6 +130,8 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
         data = torch.cat([x_pad[(b, slice(None), *sl)][None] for b, sl in batch])
         up = torch.cat([(imp * upstream[(b, slice(None), *sl)])[None] for b, sl in batch])
         window_maps = resize_linear(cam.window_map(data, up), roi)
+        if window_maps.shape[1] != total.shape[1]:  # one map per target layer
+            total = total.expand(-1, window_maps.shape[1], *image_size).clone()
         for (b, sl), wmap in zip(batch, window_maps):
             total[(b, slice(None), *sl)] += wmap
     if any(pad):
