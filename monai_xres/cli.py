@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_xres.apps.runner import UsageError, method_configs, run_bundle
+from monai_xres.apps.runner import UsageError, checked_layers, method_configs, run_bundle
 from monai_xres.distributed import launched_by_torchrun
 from monai_xres.explainers.registry import default_method, get_method, method_choices
+from monai_xres.networks import LEVEL_ALIASES
 
 __all__ = ["CliError", "main"]
 
@@ -33,7 +34,9 @@ def _methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if canonical != name:
             print(f"monai-xres: note: --method {name} is deprecated, use --method {canonical}", file=sys.stderr)
         names.append(canonical)
-    return method_configs(names, pool_size=args.pool_size, pool_mode=args.pool_mode, n_masks=args.n_masks)
+    layer = None if args.layer is None else checked_layers(args.bundle, [args.layer])[0]
+    return method_configs(names, pool_size=args.pool_size, pool_mode=args.pool_mode, n_masks=args.n_masks,
+                          target_layer=layer)
 
 
 def _region(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,8 +83,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         _existing(path, "file")
     value = args.class_index if args.label_value is None else args.label_value
     regions = [{"class_index": args.class_index, "region_key": "label", "label_value": value}]
-    evaluate_bundle(_bundle(args.bundle), images, labels, args.output_dir, regions, args.rise_masks, args.steps,
-                    args.randomisation_steps, args.halves)
+    bundle = _bundle(args.bundle)
+    layers = checked_layers(bundle, args.layers)
+    methods = None if args.methods is None else [get_method(m).name for m in args.methods]
+    evaluate_bundle(bundle, images, labels, args.output_dir, regions, args.rise_masks, args.steps,
+                    args.randomisation_steps, args.halves, layers, methods, not args.no_baselines)
     print(f"Wrote {os.path.join(os.path.abspath(args.output_dir), 'faithfulness.md')} (+ .csv, curves, PNG plots)")
     print(Path(args.output_dir, "faithfulness.md").read_text())
     return 0
@@ -171,6 +177,8 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                     f"{default_method()})")
     ex.add_argument("--pool-size", type=int, nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
     ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
+    ex.add_argument("--layer", help=f"CAM target layer: a level alias ({LEVEL_ALIASES}), a dotted module name, or "
+                    "'a+b' for a multi-layer map (default: the network type's default)")
     ex.add_argument("--n-masks", type=int, help="RISE masks (default 200)")
     ex.add_argument("--output-dir", required=True)
     ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
@@ -193,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=10, help="deletion/insertion steps")
     ev.add_argument("--randomisation-steps", type=int, default=2)
     ev.add_argument("--halves", action="store_true", help="also explain half of each region (locality)")
+    ev.add_argument("--layers", nargs="+", help="layer sweep: CAM rows '<method> @ <layer>' for each level alias, "
+                    "dotted name or 'a+b' multi-layer map; 'all' = every level of the network (default: the "
+                    "default layer)")
+    ev.add_argument("--methods", nargs="+", choices=method_choices(), metavar="METHOD",
+                    help=f"methods to compare, of {', '.join(method_choices())} (default: all, every variant)")
+    ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
     return parser
 
