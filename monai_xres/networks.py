@@ -122,7 +122,8 @@ def _unet_levels(net: nn.Module) -> dict[str, str]:
     depth = len(net.channels) - 1
     levels = {"bottleneck": "model" + ".1.submodule" * depth}
     levels.update({f"decoder{d}": "model" + ".1.submodule" * d + ".2" for d in range(depth - 1, 0, -1)})
-    # the head: a transposed conv (+ with residual units, one unit whose last conv has no norm/act)
+    # the head: a transposed conv (+ with residual units, one unit whose last conv has no norm/act: linear in
+    # its input with one unit, num_res_units=1; with more, the unit's first convs have norm/act)
     levels["head-input"] = "model.2.0" if net.num_res_units > 0 else "model.1"
     return levels
 
