@@ -2,6 +2,11 @@
 and speed-up over the published reference's way. Not a test: it prints ratios measured side by side.
 
     python benchmarks/bench_rise.py [--quick]
+    python benchmarks/bench_rise.py --convergence [--quick]   # estimators' maps vs a converged one
+
+The convergence table (:mod:`rise_convergence`: correlation and top-5% overlap of each estimator's map with
+a 16,000-mask plain reference, on the 2D and 3D example bundles) takes hours on a CPU; ``--quick`` checks
+that it runs. ``bench_overlay.py`` measures the bundle overlay against the bundle's own inference.
 
 Networks: MONAI UNet with the model zoo spleen layout (channels 16..256, strides 2,2,2,2, two residual
 units, batch norm), random weights, eval mode. Times are medians over interleaved repeats, after a
@@ -109,7 +114,7 @@ def overhead(quick: bool) -> None:
     for dims, size, n, batch in configs:
         net, x = spleen_unet(dims), smooth_input(dims, size)
         target = centre_class(net, x)
-        rise = SegRISE(net, n_masks=n, batch_size=batch, verbose=False)
+        rise = SegRISE(net, n_masks=n, batch_size=batch, context_margin=None, verbose=False)
         plain_forwards(net, x, batch, batch)()  # warm-up
         t = median_times({"plain": plain_forwards(net, x, n, batch), "rise": partial(rise, x, target),
                           "single": plain_forwards(net, x, 1, 1)}, 2 if quick else 3)
@@ -163,14 +168,14 @@ def region_restricted(quick: bool) -> None:
     box = RegionTarget(1, box=((38, 38, 38), (58, 58, 58)), restrict_to_prediction=False)
     n = 8 if quick else 32
     kwargs = dict(n_masks=n, batch_size=8, score="logit", center_scores=True, verbose=False)
-    full, crop = SegRISE(net, **kwargs), SegRISE(net, context_margin=16, **kwargs)
+    full, crop = SegRISE(net, context_margin=None, **kwargs), SegRISE(net, context_margin=16, **kwargs)
     results = {}
     t = median_times({"full": lambda: results.__setitem__("full", full.attribute(x, box)),
                       "crop": lambda: results.__setitem__("crop", crop.attribute(x, box))}, 2)
     start, size = results["crop"].info["windows"][0]
     window = (0, 0) + tuple(slice(s, s + k) for s, k in zip(start, size))
     corr = np.corrcoef(results["full"].saliency[window].flatten(), results["crop"].saliency[window].flatten())[0, 1]
-    auto = SegRISE(net, context_margin="auto", **kwargs)._margin(x)
+    auto = SegRISE(net, context_margin="auto", **kwargs)._radius(x)
     print(f"N={n}, margin 16 voxels, crop start {start} size {size} (aligned to the UNet stride 16)")
     print(f"speed-up full / restricted: {ratio_line(t, 'full', 'crop')}")
     print(f"agreement inside the crop (same masks, centred maps): correlation {corr:.4f}")
@@ -184,7 +189,7 @@ def versus_reference(quick: bool) -> None:
         net, x = spleen_unet(dims), smooth_input(dims, size)
         target = centre_class(net, x)
         ours = SegRISE(net, n_masks=n, p_keep=0.1, batch_size=16, cell_draw="randn", interpolation="nearest",
-                       verbose=False)
+                       context_margin=None, verbose=False)
         t = median_times({"reference": reference_way(net, x, n, 7, 0.1, target), "ours": partial(ours, x, target)},
                          2)
         print(f"{dims}D {size}^{dims} N={n}, SegRISE batch 16: speed-up {ratio_line(t, 'reference', 'ours')}")
@@ -193,8 +198,14 @@ def versus_reference(quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer masks and repeats")
+    parser.add_argument("--convergence", action="store_true", help="the estimators' convergence table instead")
     parser.add_argument("--child-memory", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.convergence:
+        from rise_convergence import main as convergence
+
+        convergence(["--quick"] if args.quick else [])
+        return
     if args.child_memory:
         child_memory(args.child_memory[0], int(args.child_memory[1]))
         return

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,9 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 from torch import nn
 
+from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
+from monai_xres.explainers.cam_shared import group_by_gradient
 from monai_xres.explainers.registry import build_explainer, name_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
@@ -59,7 +62,10 @@ class SaliencyWriter:
         overlay, write_sidecar: also write the PNG overlay / the JSON sidecar.
         model_file: the weights file, for the sidecar's SHA-256.
         network: the network explainer configs are built for (bundle overlays pass ``"@network"``).
+        provenance: more facts recorded in every sidecar (e.g. the DICOM series read).
         raise_errors: raise a case's error instead of logging it and going on.
+        qc: :class:`~monai_xres.apps.qc.QCSettings` or a dict of its fields: every instance explained with a QC
+            table, channel shares in the sidecars, ``.seg.nrrd`` files for 3D Slicer (None: none of them).
 
     Attributes:
         errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
@@ -74,7 +80,8 @@ class SaliencyWriter:
                  output_ext: str = ".nii.gz",
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
-                 network: nn.Module | None = None, raise_errors: bool = False) -> None:
+                 network: nn.Module | None = None, raise_errors: bool = False,
+                 provenance: Mapping[str, Any] | None = None, qc: QCSettings | Mapping | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -96,6 +103,8 @@ class SaliencyWriter:
                 self.model_sha256 = sha256_file(self.model_file)
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
+        self.provenance = dict(provenance or {})
+        self.qc = as_qc_settings(qc)
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
         self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
@@ -138,21 +147,34 @@ class SaliencyWriter:
     def write_case(self, data: Mapping[Hashable, Any]) -> list[str]:
         """Explain and write one case (every method and region); returns the NIfTI paths written.
 
-        Errors are logged and recorded in ``errors`` (raised with ``raise_errors``)."""
+        CAM variants sharing a target layer are computed together, one forward and one backward pass per
+        window (:mod:`~monai_xres.explainers.cam_shared`); each still gets its own files. Errors are logged
+        and recorded in ``errors`` (raised with ``raise_errors``)."""
         case, files = case_name(data, self.image_key), []
-        for method, explainer in self.explainers.items():
-            for region, spec in self.regions.items():
+        for region, spec in self.regions.items():
+            for names, job in group_by_gradient(self.explainers):
                 try:
-                    files.append(self._write_one(data, method, explainer, region, spec))
+                    files.extend(self._write_job(data, names, job, region, spec))
                 except _CASE_ERRORS as e:
                     if self.raise_errors:
                         raise
                     message = str(e) if str(e).startswith("Case ") else f"Case {case}: {e}"
-                    logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
-                    self.errors.append({"case": case, "method": method, "region": region, "error": message})
+                    for method in names:
+                        logger.error("SaliencyWriter skipped %s / %s: %s", method, region, message)
+                        self.errors.append({"case": case, "method": method, "region": region, "error": message})
+        if self.qc is not None and self.qc.active:
+            try:
+                files += write_case_qc(self, data)
+            except _CASE_ERRORS as e:
+                if self.raise_errors:
+                    raise
+                logger.error("SaliencyWriter skipped the QC of %s: %s", case, e)
+                self.errors.append({"case": case, "method": "qc", "region": "all", "error": f"Case {case}: {e}"})
         return files
 
-    def _write_one(self, data: Mapping, method: str, explainer: Explainer, region: str, spec: RegionSpec) -> str:
+    def _write_job(self, data: Mapping, names: list[str], explainer: Explainer, region: str,
+                   spec: RegionSpec) -> list[str]:
+        """Explain one region with one explainer (one map each of ``names``) and write every map."""
         adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
                                  slice_index=self.slice_index)
         saliency, explanation, facts = adapter.explain(data)
@@ -162,30 +184,53 @@ class SaliencyWriter:
                              "(MetaTensor) so the map can be saved on the scan.")
         mask = explanation.regions[0].detach().float()[None]
         mask = adapter.restore_slice(mask, image, facts.get("slice", {}).get("index"))
-        maps = {"saliency": saliency, "scan": like_image(image[:1].float(), image),
-                "region": like_image(mask, image)}
-        maps = self._invert(maps)
-        final = self._save(maps["saliency"], f"{method}_{region}")
+        maps = self._invert({"saliency": saliency, "scan": like_image(image[:1].float(), image),
+                             "region": like_image(mask, image)})
+        members = getattr(adapter.explainer, "members", {names[0]: adapter.explainer})
+        own = adapter.explainer.params()
+        # what the run found (RISE's crop and masks used, windows run and skipped), beside the parameters
+        extra = {"run": {k: v for k, v in explanation.info.items() if k not in own and k != "maps"}}
+        if len(names) > 1:
+            extra["shared_gradient"] = names
+        return [self._write_map(data, maps, k, method, members[method], region, spec, explanation, facts, extra)
+                for k, method in enumerate(names)]
+
+    def _write_map(self, data: Mapping, maps: dict[str, MetaTensor], channel: int, method: str, explainer: Explainer,
+                   region: str, spec: RegionSpec, explanation: Any, facts: dict, run: dict) -> str:
+        """Write channel ``channel`` of the inverted saliency as ``method``'s NIfTI, PNG overlay and sidecar."""
+        saliency = maps["saliency"][channel:channel + 1]
+        params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
+        if params.get("counterfactual") and "counterfactual" not in method:
+            method = f"{method}-counterfactual"  # a map of the evidence against the class says so in its name
+        final = self._save(saliency, f"{method}_{region}")
         stem = final[: -len(self.output_ext)]
-        scan, sal, reg = (maps[k][0].detach().cpu().numpy() for k in ("scan", "saliency", "region"))
-        affine = maps["saliency"].affine.cpu().numpy()
+        scan, sal, reg = (m[0].detach().cpu().numpy() for m in (maps["scan"], saliency, maps["region"]))
+        affine = saliency.affine.cpu().numpy()
         centre = overlay_centre(sal, reg > 0.5)
-        files = {"saliency": os.path.basename(final)}
+        files = {"saliency": final}
         if self.overlay:
             save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}",
                          str(maps["saliency"].meta.get("space", "RAS")))
-            files["overlay"] = os.path.basename(f"{stem}.png")
+            files["overlay"] = f"{stem}.png"
         if self.write_sidecar:
             world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
-                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS"))}
-            params = explainer.params() if hasattr(explainer, "params") else {"method": type(explainer).__name__}
-            extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
-                     "inferer": None if self.inferer is None else type(self.inferer).__name__}
-            record = sidecar({"name": method, **params}, region_facts, files, case_name(data, self.image_key),
-                             self.model_sha256, self.model_file, extra)
-            atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
+                            "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
+                            **channel_facts(self, data, region, spec, explanation, facts)}
+            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data, run)
         return final
+
+    def _write_sidecar(self, path: str, method: dict, region: dict, files: dict[str, str], data: Mapping,
+                       run: Mapping[str, Any]) -> None:
+        """The provenance record, written last: its checksums tell a resumed run the files are whole."""
+        image = data[self.image_key]
+        checksums = {role: {"bytes": os.path.getsize(f), "sha256": sha256_file(f)} for role, f in files.items()}
+        extra = {"preprocessing": [str(op.get("class", op)) for op in image.applied_operations],
+                 "inferer": None if self.inferer is None else type(self.inferer).__name__, "checksums": checksums,
+                 **run, **self.provenance}
+        record = sidecar(method, region, {k: os.path.basename(f) for k, f in files.items()},
+                         case_name(data, self.image_key), self.model_sha256, self.model_file, extra)
+        atomic_write_text(path, json.dumps(record, indent=2))
 
     def _invert(self, maps: dict[str, MetaTensor]) -> dict[str, MetaTensor]:
         if self.transform is None or not maps["saliency"].applied_operations:
@@ -201,6 +246,10 @@ class SaliencyWriter:
     def _save(self, saliency: MetaTensor, postfix: str) -> str:
         layout = (self.output_dir, postfix, self.output_ext, self.separate_folder, self.data_root_dir)
         final = map_path(saliency.meta, *layout)
+        if not Path(final).parent.resolve().is_relative_to(Path(self.output_dir).resolve()):
+            raise ValueError(f"data_root_dir {os.fspath(self.data_root_dir)!r} is not a parent folder of the input "
+                             f"{saliency.meta.get('filename_or_obj')!r}, so its map would land outside output_dir "
+                             f"({final}): give a data_root_dir that holds the inputs, or none.")
         source, other = str(saliency.meta.get("filename_or_obj", "")), self._sources.get(final)
         if other is not None and other != source:
             raise ValueError(f"{final} was already written for {other}, another input with the same file name: "

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_xres.level_names import dynunet_levels, nnunet_levels, numbered, segresnet_levels, unet_levels
+
 __all__ = ["LEVEL_ALIASES", "NETWORK_TYPES", "NetworkType", "TargetLayer", "default_layer_name", "first_head",
            "layer_list", "network_levels", "network_stride", "network_type", "resolve_layer", "run_network",
            "tokens_to_grid", "unwrap"]
@@ -78,13 +80,17 @@ def tokens_to_grid(grid_size: Sequence[int]) -> Reshape:
     return reshape
 
 
-def _strides(net: nn.Module, n_dims: int) -> tuple[int, ...]:
-    """The product of a network's ``strides`` per axis (MONAI UNet, DynUNet)."""
+def _per_axis_product(strides: Sequence[Any], n_dims: int) -> tuple[int, ...]:
     factor = [1] * n_dims
-    for s in net.strides:
+    for s in strides:
         values = (s,) * n_dims if isinstance(s, int) else tuple(s)
         factor = [f * int(v) for f, v in zip(factor, values)]
     return tuple(factor)
+
+
+def _strides(net: nn.Module, n_dims: int) -> tuple[int, ...]:
+    """The product of a network's ``strides`` per axis (MONAI UNet, DynUNet)."""
+    return _per_axis_product(net.strides, n_dims)
 
 
 @dataclass(frozen=True)
@@ -109,43 +115,15 @@ class NetworkType:
     levels: Callable[[nn.Module], dict[str, str]] | None = None
     tokens: str | None = None
 
-    def network_class(self) -> type:
+    def network_class(self) -> type | None:
+        """The class, or None when its package (an optional one, e.g. nnU-Net's) is not installed."""
         import importlib
 
         module, name = self.class_path.rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)
-
-
-def _unet_levels(net: nn.Module) -> dict[str, str]:
-    """MONAI UNet: ``model`` is (down, SkipConnection(submodule), up) recursively; the up block of depth
-    ``d`` is ``model(.1.submodule)*d.2`` and depth 0's up block makes the output (it is the head)."""
-    depth = len(net.channels) - 1
-    levels = {"bottleneck": "model" + ".1.submodule" * depth}
-    levels.update({f"decoder{d}": "model" + ".1.submodule" * d + ".2" for d in range(depth - 1, 0, -1)})
-    # the head: a transposed conv (+ with residual units, one unit whose last conv has no norm/act: linear in
-    # its input with one unit, num_res_units=1; with more, the unit's first convs have norm/act)
-    levels["head-input"] = "model.2.0" if net.num_res_units > 0 else "model.1"
-    return levels
-
-
-def _numbered(bottleneck: str, decoders: Sequence[str], head_input: str, first: int = 1) -> dict[str, str]:
-    """Levels from a bottleneck name, the decoder names from the bottleneck towards the head, the head input."""
-    levels = {"bottleneck": bottleneck}
-    levels.update({f"decoder{first + len(decoders) - 1 - i}": name for i, name in enumerate(decoders)})
-    levels["head-input"] = head_input
-    return levels
-
-
-def _segresnet_levels(net: nn.Module) -> dict[str, str]:
-    ups = [f"up_layers.{i}" for i in range(len(net.up_layers))]
-    # conv_final is (norm, act_mod, 1x1 conv): the shared act_mod module is registered as "act_mod"
-    head_input = "act_mod" if net.use_conv_final else ups[-1]
-    return _numbered(f"down_layers.{len(net.down_layers) - 1}", ups, head_input)
-
-
-def _dynunet_levels(net: nn.Module) -> dict[str, str]:
-    ups = [f"upsamples.{i}" for i in range(len(net.upsamples))]  # upsamples.0 is the deepest
-    return _numbered("bottleneck", ups, ups[-1])
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError:
+            return None
 
 
 def _deepest_decoder(net: nn.Module) -> str:
@@ -153,21 +131,26 @@ def _deepest_decoder(net: nn.Module) -> str:
 
     The default of the U-shaped networks: on the shipped UNet bundles it was the most faithful level
     (README "Faithfulness": mean rank 2.11 of 5 over deletion, insertion and equal-volume masking, the
-    bottleneck 2.50, the finer levels 3.39 to 3.61); SwinUNETR, SegResNet and DynUNet, with no bundle to
-    measure on, follow the same U-Net reasoning (the first level that joins a skip connection)."""
+    bottleneck 2.50, the finer levels 3.39 to 3.61); SwinUNETR, SegResNet, DynUNet and nnU-Net's U-Nets,
+    with no bundle to measure on, follow the same U-Net reasoning (the first level that joins a skip
+    connection)."""
     levels = network_levels(net)
     return levels[next((a for a in levels if a.startswith("decoder")), "bottleneck")]
 
 
 NETWORK_TYPES: list[NetworkType] = [
-    NetworkType("monai.networks.nets.UNet", _deepest_decoder, stride=_strides, levels=_unet_levels),
+    NetworkType("monai.networks.nets.UNet", _deepest_decoder, stride=_strides, levels=unet_levels),
     NetworkType("monai.networks.nets.UNETR", "bottleneck", reshape=lambda net: tokens_to_grid(net.feat_size),
-                levels=lambda net: _numbered("vit.norm", [f"decoder{k}" for k in (5, 4, 3, 2)], "decoder2", 2),
+                levels=lambda net: numbered("vit.norm", [f"decoder{k}" for k in (5, 4, 3, 2)], "decoder2", 2),
                 tokens="vit."),
     NetworkType("monai.networks.nets.SwinUNETR", _deepest_decoder,
-                levels=lambda net: _numbered("encoder10", [f"decoder{k}" for k in (5, 4, 3, 2, 1)], "decoder1")),
-    NetworkType("monai.networks.nets.SegResNet", _deepest_decoder, levels=_segresnet_levels),
-    NetworkType("monai.networks.nets.DynUNet", _deepest_decoder, stride=_strides, levels=_dynunet_levels),
+                levels=lambda net: numbered("encoder10", [f"decoder{k}" for k in (5, 4, 3, 2, 1)], "decoder1")),
+    NetworkType("monai.networks.nets.SegResNet", _deepest_decoder, levels=segresnet_levels),
+    NetworkType("monai.networks.nets.DynUNet", _deepest_decoder, stride=_strides, levels=dynunet_levels),
+    # nnU-Net v2 (dynamic_network_architectures): the bottleneck is the last encoder stage
+    *[NetworkType(f"dynamic_network_architectures.architectures.unet.{name}", _deepest_decoder,
+                  stride=lambda net, n: _per_axis_product(net.encoder.strides, n), levels=nnunet_levels)
+      for name in ("PlainConvUNet", "ResidualEncoderUNet")],
 ]
 
 
@@ -175,7 +158,8 @@ def network_type(network: nn.Module) -> NetworkType | None:
     """The :data:`NETWORK_TYPES` entry of ``network`` (wrappers removed), or None."""
     net = unwrap(network)
     for entry in NETWORK_TYPES:
-        if isinstance(net, entry.network_class()):
+        cls = entry.network_class()
+        if cls is not None and isinstance(net, cls):
             return entry
     return None
 

@@ -218,8 +218,9 @@ class SegXResCAMd(ExplainRegiond):
             ``"global"`` = Seg-Grad-CAM).
         class_index: the class to explain.
         output_key, inferer, slice_axis, allow_missing_keys, slice_index: as :class:`ExplainRegiond`.
+        counterfactual: explain what speaks against the class (see :class:`SegXResCAM`).
         region: the region's source, fields of :class:`RegionSpec` (``region_key``, ``label_value``,
-            ``box``, ``point``, ``point_in_mm``, ``markup``, ``markup_key``, ``connected``, ...).
+            ``box``, ``point``, ``point_in_mm``, ``voxel_grid``, ``markup``, ``markup_key``, ``connected``, ...).
 
     Example (bundle config)::
 
@@ -231,8 +232,8 @@ class SegXResCAMd(ExplainRegiond):
                  pool_size: int | Sequence[int] | str = 1, pool_mode: str = "mean", class_index: int = 1,
                  output_key: str = "saliency_segxrescam", inferer: Inferer | None = None,
                  slice_axis: int | None = None, allow_missing_keys: bool = False,
-                 slice_index: int | None = None, **region: Any) -> None:
-        explainer = SegXResCAM(network, target_layer, pool_size, pool_mode)
+                 slice_index: int | None = None, counterfactual: bool = False, **region: Any) -> None:
+        explainer = SegXResCAM(network, target_layer, pool_size, pool_mode, counterfactual=counterfactual)
         super().__init__(keys, explainer, {"class_index": class_index, **region}, output_key, inferer,
                          slice_axis, allow_missing_keys, slice_index)
 
@@ -245,6 +246,7 @@ class SegRISEd(ExplainRegiond):
         network: the segmentation network.
         n_masks, grid_size, p_keep, batch_size, score, fill, seed: as :class:`~monai_xres.explainers.rise.SegRISE`.
         rise_kwargs: further ``SegRISE`` arguments (e.g. ``{"verbose": False}``).
+        counterfactual: weight the masks by ``1 - score`` (see :class:`SegRISE`).
         class_index, output_key, inferer, slice_axis, allow_missing_keys, slice_index, region: as
             :class:`SegXResCAMd`.
     """
@@ -254,8 +256,9 @@ class SegRISEd(ExplainRegiond):
                  score: str = "dice", fill: float = 0.0, seed: int = 0, rise_kwargs: Mapping | None = None,
                  class_index: int = 1, output_key: str = "saliency_segrise", inferer: Inferer | None = None,
                  slice_axis: int | None = None, allow_missing_keys: bool = False,
-                 slice_index: int | None = None, **region: Any) -> None:
+                 slice_index: int | None = None, counterfactual: bool = False, **region: Any) -> None:
         explainer = SegRISE(network, n_masks=n_masks, grid_size=grid_size, p_keep=p_keep, batch_size=batch_size,
-                            score=score, fill=fill, seed=seed, **dict(rise_kwargs or {}))
+                            score=score, fill=fill, seed=seed, counterfactual=counterfactual,
+                            **dict(rise_kwargs or {}))
         super().__init__(keys, explainer, {"class_index": class_index, **region}, output_key, inferer,
                          slice_axis, allow_missing_keys, slice_index)

@@ -104,9 +104,16 @@ def test_mask_blocks_split_the_seeded_sequence_at_batch_boundaries(monkeypatch):
         blocks = []
         for rank in range(world):
             monkeypatch.setattr(xdist, "rank_and_world", lambda group=None, r=rank, w=world: (r, w))
-            blocks.append(rise._mask_indices())
+            blocks.append(rise._mask_indices(0, n_masks))
         assert [i for b in blocks for i in b] == list(range(n_masks)), "contiguous, disjoint, complete, in order"
         assert all(b.start % batch == 0 for b in blocks if len(b)), "each rank runs the single process's batches"
+    # a stage of the adaptive estimator: its batches start at the stage's first mask
+    blocks = []
+    for rank in range(3):
+        monkeypatch.setattr(xdist, "rank_and_world", lambda group=None, r=rank: (r, 3))
+        blocks.append(MaskParallelSegRISE(net, batch_size=10, verbose=False)._mask_indices(64, 128))
+    assert [i for b in blocks for i in b] == list(range(64, 128))
+    assert all((b.start - 64) % 10 == 0 for b in blocks if len(b))
 
 
 def test_mask_parallel_rise_alone_is_segrise_and_rejects_what_it_cannot_split(small_unet):
@@ -149,11 +156,15 @@ net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1).eval()
 x = torch.rand(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
 target = RegionTarget(1, box=((4, 4, 2), (12, 12, 6)))
 CONFIGS = [dict(n_masks=22, batch_size=4), dict(n_masks=3, batch_size=4),  # rank 1 has no mask at all
-           dict(n_masks=13, batch_size=2, center_scores=True, context_margin=2, crop_multiple=4)]
+           dict(n_masks=13, batch_size=2, center_scores=True, context_margin=2, crop_multiple=4),
+           # the adaptive estimator: stages [0, 64), [64, 128), [128, 150), each split across the ranks
+           dict(n_masks=150, batch_size=12, score="dice"), dict(n_masks=140, batch_size=16, score="dice",
+                                                                center_scores=True, context_margin=2)]
 explainer = MaskParallelSegRISE if sys.argv[2] == "parallel" else SegRISE
 with process_group() as (rank, world):
-    maps = [explainer(net, grid_size=(4, 4, 2), score="logit", seed=3, verbose=False, **c).attribute(x, target)
+    maps = [explainer(net, grid_size=(4, 4, 2), seed=3, verbose=False, **{"score": "logit", **c}).attribute(x, target)
             for c in CONFIGS]
+    assert [m.info["estimator_used"] for m in maps] == ["plain"] * 3 + ["adaptive"] * 2
     torch.save([(e.saliency, e.info["n_masks_used"], e.info["mean_score"]) for e in maps],
                f"{sys.argv[1]}/{sys.argv[2]}_{rank}_of_{world}.pt")
 """
@@ -180,6 +191,20 @@ def test_mask_parallel_rise_on_two_ranks_equals_single_process(tmp_path, monkeyp
             torch.testing.assert_close(got, ref, rtol=2.5e-7, atol=2.5e-7 * float(ref.abs().max()))
 
 
+def _write_complete_case(out: Path, image: str, name: str) -> None:
+    """What the bundle and SaliencyWriter leave for a finished case: segmentation, map, sidecar with checksums."""
+    from monai_xres.output.provenance import sha256_file
+
+    stem = Path(image).name[: -len(".nii.gz")]
+    folder = out / stem
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in ("seg", name):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / f"{stem}_{suffix}.nii.gz")
+    nifti = folder / f"{stem}_{name}.nii.gz"
+    record = {"checksums": {"saliency": {"bytes": nifti.stat().st_size, "sha256": sha256_file(nifti)}}}
+    (folder / f"{stem}_{name}.json").write_text(json.dumps(record))
+
+
 def test_explain_cohort_logs_a_failed_case_goes_on_and_resumes(tmp_path):
     cases = [{"image": f"/data/case{i}.nii.gz"} for i in range(4)]
     calls: list[str] = []
@@ -190,9 +215,7 @@ def test_explain_cohort_logs_a_failed_case_goes_on_and_resumes(tmp_path):
             raise RuntimeError("unreadable scan")
         if case["image"].endswith("case2.nii.gz"):
             return [{"method": "m", "region": "class1", "error": "no voxel predicted"}]
-        for path in case_outputs(tmp_path, case["image"], ["m"], ["class1"]):
-            Path(path).parent.mkdir(exist_ok=True)
-            Path(path).write_text("x")
+        _write_complete_case(tmp_path, case["image"], "m_class1")
         return []
 
     first = explain_cohort(cases, tmp_path, ["m"], ["class1"], explain_case)

@@ -37,11 +37,15 @@ def test_evaluate_writes_a_table_with_every_method_and_metric(small_unet, tmp_pa
     assert result.methods == ["Seg-Grad-CAM", "HiResCAM", "Seg-XRes-CAM mean w2", "Seg-XRes-CAM max w2",
                               "Seg-XRes-CAM mean w4", "Seg-XRes-CAM max w4", "RISE", "RISE centred",
                               *BASELINES.values()]
-    assert result.metrics == metrics and len(metrics) == 21
+    assert result.metrics == metrics and len(metrics) == 22 and metrics[-1] == "context_radius_mm"
     assert len(result.records) == 2 * 2 * (len(methods) + len(BASELINES))  # cases x classes 1, 2 x rows
     for record in result.records:
         undefined = {"spearman_vs_reference"} if record["method"] == SETTINGS.reference else set()
+        undefined.add("context_radius_mm")  # inf when no tested margin suffices (checked below)
         assert all(math.isfinite(record[m]) for m in metrics if m not in undefined), record
+    for case, region in {(r["case"], r["region"]) for r in result.records}:
+        radii = {r["context_radius_mm"] for r in result.records if (r["case"], r["region"]) == (case, region)}
+        assert len(radii) == 1 and next(iter(radii)) >= 0  # one value per region, the same for every method
     for row in result.summary():
         assert row["n"] == 4 and set(metrics) <= set(row)
 

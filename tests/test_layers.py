@@ -34,6 +34,18 @@ def _dynunet(dims):
     return DynUNet(dims, 1, 3, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2])
 
 
+def _nnunet(kind):
+    """nnU-Net v2's networks (dynamic_network_architectures, the nnunet extra) as nnU-Net's plans build them:
+    instance norm, in-place leaky ReLU."""
+    def make(dims):
+        unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+        conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if dims == 2 else (nn.Conv3d, nn.InstanceNorm3d)
+        common = {"conv_bias": True, "norm_op": norm, "norm_op_kwargs": {"affine": True}, "nonlin": nn.LeakyReLU,
+                  "nonlin_kwargs": {"inplace": True}}
+        return getattr(unet, kind)(1, 4, (8, 16, 32, 64), conv, 3, (1, 2, 2, 2), 2, 3, 2, **common)
+    return make
+
+
 # the network types, their input size, and the head: the module after the head input, linear in it
 NETWORKS = {
     "UNet": (_unet, (64, 64, 32), lambda net: net.model[2][1]),
@@ -42,6 +54,8 @@ NETWORKS = {
     "SwinUNETR": (_swin, (64, 64, 64), lambda net: net.out),
     "SegResNet": (_segresnet, (64, 64, 32), lambda net: net.conv_final[2]),
     "DynUNet": (_dynunet, (64, 64, 32), lambda net: net.output_block),
+    "PlainConvUNet": (_nnunet("PlainConvUNet"), (64, 64, 32), lambda net: net.decoder.seg_layers[-1]),
+    "ResidualEncoderUNet": (_nnunet("ResidualEncoderUNet"), (64, 64, 32), lambda net: net.decoder.seg_layers[-1]),
 }
 
 
@@ -203,3 +217,12 @@ def test_a_layer_output_changed_in_place_is_refused_not_silently_wrong():
     target = RegionTarget(1, restrict_to_prediction=False)
     with pytest.raises(ValueError, match="changed in place"):
         SegXResCAM(net, ["a", "b"])(torch.randn(1, 1, 8, 8), target)
+
+
+@pytest.mark.parametrize("kind", ["PlainConvUNet", "ResidualEncoderUNet"])
+def test_nnunet_networks_have_the_same_levels_and_default(kind):
+    net, _, _ = _make(kind, 3)
+    assert network_levels(net) == {"bottleneck": "encoder.stages.3", "decoder3": "decoder.stages.0",
+                                   "decoder2": "decoder.stages.1", "decoder1": "decoder.stages.2",
+                                   "head-input": "decoder.stages.2"}
+    assert default_layer_name(net)[0] == "decoder.stages.0"  # as the other U-Nets: nearest the bottleneck

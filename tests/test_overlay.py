@@ -1,54 +1,69 @@
-"""PNG overlays: every plane shown as radiologists and 3D Slicer show it, in true millimetre proportions,
-with the region outlined and a colour bar giving the map's values."""
+"""The shipped explain overlays: by default the three CAMs, from one forward and one backward pass per window,
+at ``explain_layer``; one override (``explain_rise``) adds RISE; every overlay file says the same."""
 
-import matplotlib.image
-import numpy as np
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
 
-from monai_xres.output.overlay import save_overlay
-
-
-def _marker_position(ax) -> tuple[float, float]:
-    """Where the bright voxel is on screen: (share across from the left, share up from the bottom)."""
-    image = np.asarray(ax.images[0].get_array())
-    row, col = np.unravel_index(int(np.argmax(image)), image.shape)
-    return (col + 0.5) / image.shape[1], (row + 0.5) / image.shape[0]  # origin="lower": row 0 is the bottom
+REPO = Path(__file__).resolve().parents[1]
+OVERLAYS = [REPO / "monai_xres" / "configs" / "explain.json",
+            *sorted((REPO / "bundles").glob("*/configs/explain.json"))]
 
 
-@pytest.mark.parametrize("space", ["RAS", "LPS"])
-@pytest.mark.parametrize("flip", [(1, 1, 1), (-1, -1, 1), (-1, 1, -1)])
-def test_planes_are_oriented_by_the_world_and_keep_the_voxel_proportions(tmp_path, space, flip):
-    shape, spacing = (20, 16, 10), np.array([1.0, 1.5, 3.0])
-    affine = np.diag([*(np.array(flip) * spacing), 1.0])  # voxel axes along x, y, z, some reversed
-    if space == "LPS":
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # the same grid, its world written in LPS
-    # a voxel at the patient's left (RAS x < 0), anterior (y > 0) and superior (z > 0): index from the signs
-    voxel = tuple(int(n - 3) if f * s > 0 else 2 for n, f, s in zip(shape, flip, (-1, 1, 1)))
-    scan = np.zeros(shape, np.float32)
-    scan[voxel] = 1.0
-    region = np.zeros(shape, bool)
-    region[tuple(slice(max(v - 2, 0), v + 2) for v in voxel)] = True
-    fig = save_overlay(tmp_path / "o.png", scan, scan, region, affine, voxel, "t", space)
-    sagittal, coronal, axial, bar = fig.axes
-    # axial and coronal: the patient's left on the right; axial: anterior up; coronal: superior up
-    right_of_centre, up = _marker_position(axial)
-    assert right_of_centre > 0.5 and up > 0.5
-    right_of_centre, up = _marker_position(coronal)
-    assert right_of_centre > 0.5 and up > 0.5
-    right_of_centre, up = _marker_position(sagittal)  # anterior on the left, superior up (as 3D Slicer)
-    assert right_of_centre < 0.5 and up > 0.5
-    # square millimetres: pixel height / width = voxel size up / voxel size across
-    assert axial.get_aspect() == pytest.approx(1.5 / 1.0)
-    assert coronal.get_aspect() == pytest.approx(3.0 / 1.0)
-    assert sagittal.get_aspect() == pytest.approx(3.0 / 1.5)
-    assert [ax.get_title().split()[0] for ax in (sagittal, coronal, axial)] == ["sagittal", "coronal", "axial"]
-    assert "saliency" in bar.get_ylabel() and bar.get_ylim() == pytest.approx((0.0, 1.0))
-    assert len(axial.collections) >= 1  # the region's outline
-    assert matplotlib.image.imread(tmp_path / "o.png").shape[2] == 4
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.parts[-3])
+def test_every_overlay_has_rise_off_by_default_and_one_switch_for_it(overlay):
+    config = json.loads(overlay.read_text())
+    assert config["explain_rise"] is False and set(config["explain_cams"]) == {"segxrescam-w1", "segxrescam-w2",
+                                                                               "seggradcam"}
+    # one layer for every CAM (default: the network type's), never for RISE
+    assert config["explain_layer"] == "$None"
+    assert all(cam["target_layer"] == "@explain_layer" for cam in config["explain_cams"].values())
+    assert all("target_layer" not in rise for rise in config["explain_rise_methods"].values())
+    cams, everything = ["segxrescam-w1", "segxrescam-w2", "seggradcam"], ["segxrescam-w1", "segxrescam-w2",
+                                                                          "seggradcam", "segrise"]
+    # the bundle CLI (fire) passes --explain_rise True as a bool, --explain_rise true as a string
+    for switch, expected in ((False, cams), (True, everything), ("true", everything), ("false", cams)):
+        parser = ConfigParser({k: v for k, v in config.items() if k.startswith("explain_") and k != "explain_writer"
+                               and k != "explain_inferer"} | {"output_dir": "out", "explain_rise": switch})
+        assert list(parser.get_parsed_content("explain_methods")) == expected
 
 
-def test_a_2d_map_keeps_its_grid_and_proportions(tmp_path):
-    scan = np.random.default_rng(0).random((12, 30)).astype(np.float32)
-    fig = save_overlay(tmp_path / "o.png", scan, scan, None, np.diag([2.0, 0.5, 1.0]))
-    (ax, bar) = fig.axes
-    assert np.asarray(ax.images[0].get_array()).shape == (30, 12) and ax.get_aspect() == pytest.approx(0.25)
+def test_shipped_overlay_runs_the_cams_with_one_backward_and_rise_when_switched_on(tmp_path):
+    bundle = REPO / "bundles" / "ct_spleen_unet3d"
+    image = str(REPO / "sample_data" / "images" / "case_0901.nii.gz")
+    calls: list[int] = []
+
+    def run(out: Path, **override) -> None:
+        files = [str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "explain.json")]
+        workflow = ConfigWorkflow(config_file=files, meta_file=str(bundle / "configs" / "metadata.json"),
+                                  workflow_type="infer", bundle_root=str(bundle), datalist=[image],
+                                  output_dir=str(out), **override)
+        workflow.initialize()
+        network = workflow.parser.get_parsed_content("network")
+        handle = network.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+        try:
+            workflow.run()
+        finally:
+            handle.remove()
+        workflow.finalize()
+
+    run(tmp_path / "cams")
+    written = sorted(p.name for p in (tmp_path / "cams" / "case_0901").glob("*.nii.gz"))
+    assert written == ["case_0901_seg.nii.gz", "case_0901_seggradcam_class1.nii.gz",
+                       "case_0901_segxrescam-w1_class1.nii.gz", "case_0901_segxrescam-w2_class1.nii.gz"]
+    sidecar = json.loads((tmp_path / "cams" / "case_0901" / "case_0901_seggradcam_class1.json").read_text())
+    assert sidecar["shared_gradient"] == ["segxrescam-w1", "segxrescam-w2", "seggradcam"]
+    run_info = sidecar["run"]
+    windows = run_info["windows_total"]
+    # the bundle's own inference, the explainer's stitched prediction, then one backward per window that
+    # reaches the region, for the three CAMs together
+    assert sum(calls) == 2 * windows + (windows - run_info["windows_skipped"])
+    calls.clear()
+    run(tmp_path / "rise", explain_rise=True, explain_rise_masks=4)
+    rise = json.loads((tmp_path / "rise" / "case_0901" / "case_0901_segrise_class1.json").read_text())
+    assert rise["method"]["estimator"] == "adaptive" and rise["run"]["estimator_used"] == "adaptive"
+    assert rise["run"]["n_masks_used"] == [4] and rise["run"]["crop"][0]["mode"] == "windows"

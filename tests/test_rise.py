@@ -140,7 +140,7 @@ def test_equals_plain_loop_on_supplied_masks(dims, score):
     target = RegionTarget(1, box=box)
     for center in (False, True):
         explainer = SegRISE(net, p_keep=0.4, batch_size=7, score=score, fill=-0.5, center_scores=center,
-                            verbose=False)
+                            context_margin=None, verbose=False)
         result = explainer.attribute(x, target, masks=masks)
         expected = _plain_rise(net, x, masks, target, score, -0.5, 0.4)[int(center)]
         tol = 2e-7 if score == "dice" else 1e-5
@@ -285,8 +285,9 @@ def test_region_restricted_equals_full_rise_inside_the_crop():
     target = RegionTarget(1, box=((28, 30), (36, 38)), restrict_to_prediction=False)
     kwargs = dict(n_masks=128, grid_size=8, score="logit", verbose=False)
     for center in (False, True):
-        full = SegRISE(net, center_scores=center, **kwargs).attribute(x, target)
-        crop = SegRISE(net, center_scores=center, context_margin="auto", **kwargs).attribute(x, target)
+        full = SegRISE(net, center_scores=center, context_margin=None, **kwargs).attribute(x, target)
+        crop = SegRISE(net, center_scores=center, **kwargs).attribute(x, target)  # context_margin="auto"
+        assert crop.info["crop"][0]["mode"] == "receptive field" and full.info["crop"][0]["mode"] == "whole image"
         window = _crop(crop)
         assert crop.info["windows"][0][1] != [64, 64] and all(s % 4 == 0 for s in crop.info["windows"][0][0])
         scale = float(full.saliency.abs().max())
@@ -306,7 +307,7 @@ def test_region_restricted_agreement_with_a_margin_below_the_receptive_field():
     net, x = _batchnorm_unet(), torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     target = RegionTarget(1, box=((28, 28), (36, 36)), restrict_to_prediction=False)
     kwargs = dict(n_masks=128, grid_size=8, score="logit", center_scores=True, verbose=False)
-    full = SegRISE(net, **kwargs).attribute(x, target)
+    full = SegRISE(net, context_margin=None, **kwargs).attribute(x, target)
     crop = SegRISE(net, context_margin=4, **kwargs).attribute(x, target)
     window = _crop(crop)
     assert crop.info["windows"][0] == [[24, 24], [16, 16]]
@@ -319,13 +320,15 @@ def test_instance_norm_unet_auto_margin_takes_the_whole_image(small_unet):
     target = RegionTarget(1, box=((12, 12), (20, 20)), restrict_to_prediction=False)
     result = SegRISE(net, n_masks=16, score="logit", context_margin="auto", verbose=False).attribute(x, target)
     assert result.info["windows"] == [[[0, 0], [32, 32]]]
+    facts = result.info["crop"][0]
+    assert facts["mode"] == "whole image" and "translation-equivariant" in facts["reason"]
 
 
 # --- early stop, model state, input checks --------------------------------------------------------------
 
 def test_early_stop_reports_masks_used():
     net, x = _conv_net(2), torch.randn(1, 1, 24, 24)
-    kwargs = dict(n_masks=400, grid_size=4, batch_size=10, verbose=False)
+    kwargs = dict(n_masks=400, grid_size=4, batch_size=10, estimator="plain", verbose=False)
     stopped = SegRISE(net, early_stop_tol=0.05, early_stop_k=2, **kwargs).attribute(x, 1)
     used = stopped.info["n_masks_used"][0]
     assert 40 <= used < 400 and used % 20 == 0  # checks every 2 batches, the first comparison after 4
@@ -356,7 +359,7 @@ def test_progress_bar_is_quiet_off_a_terminal(capsys):
     (dict(n_masks=0), "n_masks"), (dict(p_keep=0.0), "p_keep"), (dict(p_keep=1.0), "p_keep"),
     (dict(grid_size=0), "grid_size"), (dict(score="iou"), "score"), (dict(cell_draw="normal"), "cell_draw"),
     (dict(batch_size=0), "batch_size"), (dict(context_margin=-1), "context_margin"),
-    (dict(early_stop_tol=0), "early_stop_tol"), (dict(seed=-1), "seed"),
+    (dict(early_stop_tol=0), "early_stop_tol"), (dict(seed=-1), "seed"), (dict(estimator="rqmc"), "estimator"),
 ])
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):

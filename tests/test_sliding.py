@@ -100,7 +100,8 @@ def test_rise_through_the_inferer_equals_rise_on_the_whole_volume_for_a_pointwis
     x = torch.randn(1, 1, 21, 17, 6)
     target = RegionTarget(2, box=((3, 2, 1), (15, 12, 5)), restrict_to_prediction=False)
     inferer = SlidingWindowInferer((8, 8, 8), sw_batch_size=4, overlap=0.25, mode="gaussian")
-    plain = SegRISE(net, n_masks=24, grid_size=(4, 4, 2), batch_size=8, score="logit", verbose=False)
+    plain = SegRISE(net, n_masks=24, grid_size=(4, 4, 2), batch_size=8, score="logit", context_margin=None,
+                    verbose=False)
     windowed = plain.with_inferer(inferer)
     assert plain.inferer is None and windowed.params()["inferer"] == "SlidingWindowInferer"
     a, b = plain.attribute(x, target), windowed.attribute(x, target)

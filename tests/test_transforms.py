@@ -113,7 +113,7 @@ def test_region_sources_resolve_to_the_same_voxels(case, net, tmp_path):
     world_ras = (image.affine.numpy() @ np.append(voxel, 1.0))[:3]
     world_lps = world_ras * [-1, -1, 1]  # by hand, not with the code under test
     specs = {
-        "voxel": RegionSpec(2, point=voxel),
+        "voxel": RegionSpec(2, point=voxel, voxel_grid="preprocessed"),
         "mm": RegionSpec(2, point=world_ras.tolist(), point_in_mm=True),
         "lps_markup": RegionSpec(2, markup=_point_markup(tmp_path / "lps.mrk.json", world_lps, "LPS")),
         "ras_markup": RegionSpec(2, markup=_point_markup(tmp_path / "ras.mrk.json", world_ras, "RAS")),
@@ -219,7 +219,7 @@ def test_inferer_prediction_defines_the_region(case, net):
     x = case["image"].as_tensor()[None]
     inferer = SlidingWindowInferer(roi_size=(16, 16, 8), sw_batch_size=2, overlap=0.5)
     box = ((2, 2, 1), (14, 12, 7))
-    spec = RegionSpec(2, box=box)
+    spec = RegionSpec(2, box=box, voxel_grid="preprocessed")
     with torch.no_grad():
         windowed = sliding_window_inference(x, (16, 16, 8), 2, net, overlap=0.5)[0]
     region = torch.zeros(x.shape[2:], dtype=torch.bool)
@@ -293,7 +293,8 @@ def test_segrised_equals_segrise(case, net):
 
     spec = {"box": ((4, 3, 2), (10, 9, 6)), "restrict_to_prediction": False}
     params = {"n_masks": 8, "grid_size": 2, "batch_size": 4, "seed": 3}
-    out = SegRISEd("image", net, class_index=2, rise_kwargs={"verbose": False}, **params, **spec)(case)
+    out = SegRISEd("image", net, class_index=2, rise_kwargs={"verbose": False}, voxel_grid="preprocessed", **params,
+                   **spec)(case)
     expected = SegRISE(net, verbose=False, **params)(case["image"].as_tensor()[None],
                                                      RegionTarget(2, **spec))[0]
     torch.testing.assert_close(out["saliency_segrise"].as_tensor(), expected.float(), atol=1e-6, rtol=0)
@@ -336,7 +337,8 @@ def test_a_slice_of_a_volume_is_explained_in_place(case, small_unet):
     off_slice[..., k] = 0
     assert direct.abs().sum() > 0 and not off_slice.any()
     box = ((0, 0, k - 1), (8, 8, k + 2))  # the slice through the box centre is picked when none is given
-    by_box = ExplainRegiond("image", SegXResCAM(net2d), {"box": box, **region}, slice_axis=2)(case)
+    by_box = ExplainRegiond("image", SegXResCAM(net2d), {"box": box, "voxel_grid": "preprocessed", **region},
+                            slice_axis=2)(case)
     assert by_box["saliency_segxrescam"].as_tensor()[..., k].abs().sum() > 0
 
 

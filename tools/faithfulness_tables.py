@@ -19,7 +19,8 @@ Usage (from the repository root)::
 
 writes ``outputs/faithfulness/<bundle>/<cases>/`` (each evaluation's full report), ``readme_section.md``
 and ``ranking.json`` there, and with ``--readme`` replaces README's text between the two
-``faithfulness`` markers. ``--quick``: 1 case, 3 steps, 8 RISE masks (checks that it runs; numbers mean nothing).
+``faithfulness`` markers. ``--quick``: 1 case, 3 steps, 8 RISE masks (checks that it runs; numbers mean nothing);
+``--cases N --steps S --rise-masks M``: a reduced sweep (say so wherever its numbers are used).
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     datasets = [("sample cases", [str(i) for i, _ in sample_cases()], [str(lb) for _, lb in sample_cases()])]
     if args.real_ct:
         datasets.append(("real CT", [args.real_ct], [args.real_labels]))
-    if args.quick:
-        datasets = [(name, images[:1], labels[:1]) for name, images, labels in datasets]
+    if args.quick or args.cases:
+        n = 1 if args.quick else args.cases
+        datasets = [(name, images[:n], labels[:n]) for name, images, labels in datasets]
     settings = EvaluationSettings(n_steps=3 if args.quick else args.steps, randomisation_steps=args.randomisation_steps,
                                   reference="RISE", batch_size=8)
     results = []
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rise-masks", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps")
     parser.add_argument("--randomisation-steps", type=int, default=2)
+    parser.add_argument("--cases", type=int, help="only the first N cases of each set (a reduced sweep)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if bool(args.real_ct) != bool(args.real_labels):

@@ -20,13 +20,23 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from monai_xres.apps.runner import run_bundle
+from monai_xres.apps.resume import (
+    CaseOutputs,
+    bundle_outputs,
+    case_complete,
+    case_outputs,
+    case_stem,
+    outputs_complete,
+    prepare_outputs,
+)
+from monai_xres.apps.runner import run_bundle, segmentation_files
 from monai_xres.distributed import gather_objects, process_group, rank_and_world, rank_device, shard
+from monai_xres.output.lock import job_lock
 from monai_xres.output.writer import atomic_write_text
 from monai_xres.regions.spec import as_region_spec
 
-__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cohort",
-           "summarise"]
+__all__ = ["bundle_report", "case_outputs", "explain_cohort", "pending_cases", "read_datalist", "run_cases",
+           "run_cohort", "summarise"]
 
 logger = logging.getLogger(__name__)
 SUMMARY = "cohort_summary.json"
@@ -38,63 +48,62 @@ def read_datalist(path: str | os.PathLike, key: str = "testing") -> list[dict[st
     Accepted: a JSON list of scan paths or of ``{"image": ...}`` dicts; a Decathlon-style JSON dict, read
     with MONAI's ``load_decathlon_datalist`` under ``key``; or a text file with one scan path per line.
     Relative paths are taken from the datalist's folder.
+
+    Raises:
+        ValueError: a missing or malformed file (named with the line), a JSON value that is not a list of
+            scans, an entry without an ``image`` path, no scans, or two scans writing the same files.
     """
     from monai.data import load_decathlon_datalist
+
+    from monai_xres.apps.checks import read_json
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"datalist {str(path)!r} does not exist: give a JSON or text file listing the scans.")
     base = path.resolve().parent
     if path.suffix == ".json":
-        content = json.loads(path.read_text())
-        if isinstance(content, Mapping):
-            if key not in content:
-                raise ValueError(f"datalist {str(path)!r} has no {key!r} list (keys: {sorted(content)}): add it, "
-                                 "or give a JSON list of scans.")
-            cases = load_decathlon_datalist(str(path), True, key, str(base))
-        else:
-            cases = [c if isinstance(c, Mapping) else {"image": c} for c in content]
+        content = read_json(path, "datalist")
+        entries = content.get(key) if isinstance(content, Mapping) else content
+        if isinstance(content, Mapping) and key not in content:
+            raise ValueError(f"datalist {str(path)!r} has no {key!r} list (keys: {sorted(content)}): add it, "
+                             "or give a JSON list of scans.")
+        if not isinstance(entries, list):
+            raise ValueError(f"datalist {str(path)!r} holds a JSON {type(entries).__name__}, not a list of scans: "
+                             'write ["scan1.nii.gz", ...] or {"testing": [{"image": "scan1.nii.gz"}, ...]}.')
+        _check_entries(entries, path)
+        cases = load_decathlon_datalist(str(path), True, key, str(base)) if isinstance(content, Mapping) else \
+            [c if isinstance(c, Mapping) else {"image": c} for c in entries]
     else:
         cases = [{"image": line.strip()} for line in path.read_text().splitlines() if line.strip()]
-    out = []
-    for i, case in enumerate(cases):
-        if not isinstance(case, Mapping) or not isinstance(case.get("image"), str):
-            raise ValueError(f"datalist {str(path)!r} entry {i} has no 'image' path: {case!r}.")
-        out.append({k: str(base / v) if k in ("image", "label") else v for k, v in case.items()})
+    out = [{k: str(base / v) if k in ("image", "label") else v for k, v in case.items()} for case in cases]
     if not out:
         raise ValueError(f"datalist {str(path)!r} lists no scans.")
     _check_unique(out)
     return out
 
 
-def _stem(image: str) -> str:
-    """The per-case folder and file prefix MONAI's ``SaveImage`` uses for ``image``."""
-    from monai.data.folder_layout import FolderLayout
-
-    return Path(FolderLayout("", extension="").filename(subject=str(image).rstrip("/"))).name
+def _check_entries(entries: list, path: Path) -> None:
+    for i, case in enumerate(entries):
+        image = case if isinstance(case, str) else case.get("image") if isinstance(case, Mapping) else None
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"datalist {str(path)!r} entry {i} has no 'image' path: {case!r}; give each entry as "
+                             '"scan.nii.gz" or {"image": "scan.nii.gz"}.')
 
 
 def _check_unique(cases: Sequence[Mapping[str, str]]) -> None:
     seen: dict[str, str] = {}
     for case in cases:
-        stem, image = _stem(case["image"]), case["image"]
+        stem, image = case_stem(case["image"]), case["image"]
         if stem in seen and seen[stem] != image:
             raise ValueError(f"{seen[stem]!r} and {image!r} would write the same output files ({stem}/...): rename "
                              "one, or explain them in separate output folders.")
         seen[stem] = image
 
 
-def case_outputs(output_dir: str | os.PathLike, image: str, methods: Sequence[str], regions: Sequence[str],
-                 ext: str = ".nii.gz") -> list[str]:
-    """The saliency files and JSON sidecars that ``SaliencyWriter`` writes for one case."""
-    stem = _stem(image)
-    folder = Path(output_dir) / stem
-    return [str(folder / f"{stem}_{m}_{r}{suffix}") for m in methods for r in regions for suffix in (ext, ".json")]
-
-
 def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
                    regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, segmentations: Sequence[str] = ("seg.nii.gz",),
+                   outputs: Callable[[str], CaseOutputs] | None = None) -> dict[str, Any]:
     """Explain this rank's shard of ``cases``; returns this rank's summary.
 
     Args:
@@ -102,16 +111,25 @@ def explain_cohort(cases: Sequence[Mapping[str, str]], output_dir: str | os.Path
         output_dir, methods, regions: where and under which names the files go (to find finished cases).
         explain_case: explains and writes one case; returns the writer's errors (empty when all went well).
         overwrite: explain finished cases again.
+        segmentations: ``<postfix><ext>`` of the bundle's own segmentation files, part of a finished case.
+        outputs: ``image -> CaseOutputs``, the files of a finished case; default: a bundle run's
+            (:func:`~monai_xres.apps.resume.bundle_outputs`); the nnU-Net adapter gives its own.
+
+    A case is finished when :func:`~monai_xres.apps.resume.outputs_complete` says so; before a case is
+    explained, what an interrupted run left in its folder is removed.
     """
     rank, world = rank_and_world()
     summary: dict[str, Any] = {"rank": rank, "done": [], "skipped": [], "failed": []}
     start = time.perf_counter()
+    expected = outputs or (lambda image: bundle_outputs(output_dir, image, methods, regions, segmentations))
     for case in tqdm(shard(cases, rank, world), desc=f"rank {rank}", unit="case", position=rank, disable=None):
         image = case["image"]
-        if not overwrite and all(os.path.isfile(p) for p in case_outputs(output_dir, image, methods, regions)):
-            summary["skipped"].append(image)
-            continue
         try:
+            files = expected(image)
+            prepare_outputs(files)  # whatever a killed run left is removed, done or not
+            if not overwrite and outputs_complete(files):
+                summary["skipped"].append(image)
+                continue
             errors = [f"{e['method']} {e['region']}: {e['error']}" for e in explain_case(case)]
         except Exception as e:  # one bad case (unreadable scan, network error) must not stop the rank
             logger.exception("rank %d: case %s failed", rank, image)
@@ -131,7 +149,7 @@ def summarise(per_rank: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"processes": len(per_rank), "done": done, "skipped": sum(len(s["skipped"]) for s in per_rank),
             "failed": [f for s in per_rank for f in s["failed"]], "seconds": seconds,
             "cases_per_second": done / seconds if seconds > 0 else None,
-            "per_rank": [{"rank": s["rank"], "done": [_stem(c) for c in s["done"]], "skipped": len(s["skipped"]),
+            "per_rank": [{"rank": s["rank"], "done": [case_stem(c) for c in s["done"]], "skipped": len(s["skipped"]),
                           "failed": len(s["failed"]), "seconds": s["seconds"]} for s in per_rank]}
 
 
@@ -146,8 +164,7 @@ def pending_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathL
     """The cases still to explain (all with ``overwrite``), for a bundle overlay's ``dataset#data``."""
     _check_unique(cases)
     labels = [as_region_spec(dict(region)).label]
-    return [c for c in cases if overwrite or not all(
-        os.path.isfile(p) for p in case_outputs(output_dir, c["image"], list(methods), labels))]
+    return [c for c in cases if overwrite or not case_complete(output_dir, c["image"], list(methods), labels)]
 
 
 def bundle_report(writer: Any, cases: Sequence[Mapping[str, str]], n_cases: int, output_dir: str | os.PathLike,
@@ -191,7 +208,18 @@ def run_cohort(bundle: str | os.PathLike, cases: Sequence[Mapping[str, str]], ou
                             overrides=overrides)
         return list(writer.errors)
 
-    with process_group() as (rank, _):
-        local = explain_cohort(cases, output_dir, list(methods), labels, explain_case, overwrite)
+    segmentations = segmentation_files(bundle)
+    return run_cases(cases, output_dir, list(methods), labels, explain_case, overwrite,
+                     lambda image: bundle_outputs(output_dir, image, list(methods), labels, segmentations))
+
+
+def run_cases(cases: Sequence[Mapping[str, str]], output_dir: str | os.PathLike, methods: Sequence[str],
+              regions: Sequence[str], explain_case: Callable[[Mapping[str, str]], Sequence[Mapping]],
+              overwrite: bool = False, outputs: Callable[[str], CaseOutputs] | None = None) -> dict[str, Any] | None:
+    """:func:`explain_cohort` on every rank of a ``torchrun`` launch (or one process), the output folder locked
+    for the job; the gathered summary on rank 0 (also written to ``<output_dir>/cohort_summary.json``), None
+    on the other ranks."""
+    with process_group() as (rank, _), job_lock(output_dir, rank):
+        local = explain_cohort(cases, output_dir, methods, regions, explain_case, overwrite, outputs=outputs)
         per_rank = gather_objects(local)
     return _write_summary(summarise(per_rank), output_dir) if rank == 0 else None

@@ -2,26 +2,41 @@
 
 ``run_bundle`` runs the bundle's own ``inference.json`` plus its ``explain.json`` overlay (or the
 generic one shipped in ``monai_xres/configs``) through MONAI's ``ConfigWorkflow``, exactly as
-``python -m monai.bundle run`` does, with the run's values as config overrides.
+``python -m monai.bundle run`` does, with the run's values as config overrides. Paths go in as path
+strings MONAI's parser leaves alone (:class:`ConfigStr`: it rewrites ``#`` in plain strings).
+The bundle's own ``SaveImaged`` writes atomically (:func:`~monai_xres.output.writer.atomic_writer`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_xres.apps.errors import UsageError
 from monai_xres.explainers.registry import get_method
 
-__all__ = ["GENERIC_OVERLAY", "UsageError", "bundle_network", "checked_layers", "evaluate_bundle",
-           "mask_parallel_methods", "method_configs", "run_bundle"]
+__all__ = ["GENERIC_OVERLAY", "ConfigStr", "UsageError", "bundle_network", "checked_layers", "evaluate_bundle",
+           "mask_parallel_methods", "method_configs", "run_bundle", "segmentation_files"]
 
 GENERIC_OVERLAY = Path(__file__).resolve().parents[1] / "configs" / "explain.json"
 
 
-class UsageError(ValueError):
-    """A problem with what the user asked for (arguments, files): shown as one line, exit status 2."""
+class ConfigStr(str):
+    """A path string for MONAI bundle configs that the config parser leaves as it is.
+
+    MONAI's parser rewrites ``#`` to ``::`` in every string value (``#`` was its old id separator), so a
+    path such as ``/data/case#1.nii.gz`` would silently point elsewhere. The parser normalises with
+    ``str(value).replace("#", "::")``; this string answers both with itself. Everything else is a plain
+    string: ``@bundle_root + '/models/model.pt'`` and the data loader's collation work as usual."""
+
+    def __str__(self) -> str:
+        return self
+
+    def replace(self, old: str, new: str, count: int = -1) -> str:  # type: ignore[override]
+        return self if old == "#" else str.replace(self, old, new, count)
 
 
 def method_configs(methods: Sequence[str], **options: Any) -> dict[str, dict[str, Any]]:
@@ -63,25 +78,98 @@ def _bundle_file(bundle: Path, name: str) -> Path:
     return path
 
 
+def _transforms_of(parser: Any, key: str) -> list[tuple[str, dict]]:
+    """``(config id, transform config)`` of each transform listed in ``key`` (a ``Compose`` or a list)."""
+    if key not in parser:
+        return []
+    content = parser[key]
+    items, prefix = (content.get("transforms"), f"{key}#transforms") if isinstance(content, Mapping) else \
+        (content, key)
+    if not isinstance(items, list):
+        return []
+    return [(f"{prefix}#{i}", t) for i, t in enumerate(items) if isinstance(t, Mapping)]
+
+
+def _target(config: Mapping) -> str:
+    return str(config.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def segmentation_files(bundle: str | os.PathLike) -> list[str]:
+    """``<postfix><ext>`` of each file the bundle's own ``SaveImaged`` writes per case (e.g. ``seg.nii.gz``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(_bundle_file(Path(bundle), "inference.json")))
+    parser["bundle_root"] = os.fspath(bundle)
+    names = []
+    for key, transform in _transforms_of(parser, "postprocessing"):
+        if _target(transform) in ("SaveImaged", "SaveImage"):
+            value = {k: parser.get_parsed_content(f"{key}#{k}") if k in transform else default
+                     for k, default in (("output_postfix", "trans"), ("output_ext", ".nii.gz"))}
+            names.append(f"{value['output_postfix']}{value['output_ext']}")
+    return names
+
+
+def _prepare_workflow(parser: Any, series: str | None) -> None:
+    """Make the bundle's own segmentation writer atomic, and read the chosen DICOM series."""
+    from monai.data.image_writer import resolve_writer
+
+    from monai_xres.output.writer import atomic_writer
+
+    for key, transform in _transforms_of(parser, "postprocessing"):
+        if _target(transform) in ("SaveImaged", "SaveImage") and "writer" not in transform:
+            ext = parser.get_parsed_content(f"{key}#output_ext") if "output_ext" in transform else ".nii.gz"
+            parser[f"{key}#writer"] = atomic_writer(resolve_writer(str(ext))[0])
+    if series is not None:
+        loaders = [key for key, t in _transforms_of(parser, "preprocessing") if _target(t) in ("LoadImaged",
+                                                                                             "LoadImage")]
+        if not loaders:
+            raise UsageError("--series needs the bundle's preprocessing to start with LoadImaged; this one does "
+                             "not: convert the series to NIfTI first.")
+        from monai.data import ITKReader
+
+        for key in loaders:
+            parser[f"{key}#reader"] = ITKReader(series_name=series)  # an object: the parser leaves it alone
+
+
 def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: Mapping[str, Mapping],
-               region: Mapping[str, Any], label: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+               region: Mapping[str, Any], label: str | None = None, overrides: Mapping[str, Any] | None = None,
+               series: str | None = None) -> Any:
     """Run ``bundle``'s ``inference.json`` + explain overlay on one scan; returns the ``SaliencyWriter``.
 
-    ``overrides``: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun."""
+    Args:
+        overrides: more config overrides (``{id: value}``), e.g. the rank's ``device`` under torchrun.
+        series: the SeriesInstanceUID to read when ``image`` is a DICOM folder.
+
+    Raises:
+        UsageError: not a bundle, or its checkpoint holds more than tensors (refused, never unpickled).
+    """
     from monai.bundle import ConfigWorkflow
+
+    from monai_xres.apps.checks import choose_series
 
     bundle = Path(bundle).resolve()
     inference = _bundle_file(bundle, "inference.json")
     overlay = bundle / "configs" / "explain.json"
     overlay = overlay if overlay.is_file() else GENERIC_OVERLAY
-    case = {"image": image, **({"label": label} if label else {})}
+    case = {"image": ConfigStr(image), **({"label": ConfigStr(label)} if label else {})}
+    if os.path.isdir(image):  # a DICOM folder: one series, by the documented rule unless chosen
+        series, _ = choose_series(image, series)
+    if "markup" in region:
+        region = {**region, "markup": ConfigStr(region["markup"])}
     meta = bundle / "configs" / "metadata.json"
     workflow = ConfigWorkflow(
         config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
-        workflow_type="inference", bundle_root=str(bundle), output_dir=os.path.abspath(output_dir),
+        workflow_type="inference", bundle_root=ConfigStr(bundle), output_dir=ConfigStr(os.path.abspath(output_dir)),
         **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
-           **dict(overrides or {})})
-    workflow.initialize()
+           "explain_writer#provenance": {"dicom_series": series} if series else {}, **dict(overrides or {})})
+    _prepare_workflow(workflow.parser, series)
+    try:
+        workflow.initialize()
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refused to load the weights of {bundle}: the checkpoint holds objects other than tensors "
+                         "and could run code when unpickled (loaded with weights_only=True); save a plain "
+                         "state_dict.") from e
     workflow.run()
     writer = workflow.parser.get_parsed_content("explain_writer")
     workflow.finalize()
@@ -100,7 +188,11 @@ def bundle_network(bundle: str | os.PathLike, weights: bool = True) -> tuple[Any
     parser["bundle_root"] = str(bundle)
     network = parser.get_parsed_content("network_def")
     if weights:
-        network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+        try:
+            network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as e:
+            raise UsageError(f"refused to load {bundle / 'models' / 'model.pt'}: it holds objects other than tensors "
+                             "(weights_only=True); save a plain state_dict.") from e
     return network.eval(), parser
 
 

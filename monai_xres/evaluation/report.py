@@ -24,6 +24,7 @@ _HEADERS = {
     "deletion_auc_dice": ("deletion AUC (Dice)", "↓"), "insertion_auc_dice": ("insertion AUC (Dice)", "↑"),
     "randomisation_spearman": ("rand. Spearman", "↓"), "randomisation_ssim": ("rand. SSIM", "↓"),
     "randomisation_flagged": ("flagged", "↓"), "image_spearman": ("Spearman vs image", ""),
+    "context_radius_mm": ("context radius mm", ""),
 }
 NOT_BETTER = "✗"  # marks a method's cell where some sanity baseline does at least as well
 
@@ -31,7 +32,7 @@ NOT_BETTER = "✗"  # marks a method's cell where some sanity baseline does at l
 def _header(metric: str, reference: str) -> str:
     if metric in _HEADERS:
         name, arrow = _HEADERS[metric]
-        return f"{name} {arrow}".strip()
+        return f"{name} {arrow}".rstrip()
     if metric.startswith("masking_top"):
         return f"Dice top {metric[len('masking_top'):-len('pct_dice')]}% ↑"
     if metric.startswith("masking_"):
@@ -111,7 +112,10 @@ def _legend(evaluation: Evaluation) -> str:
         f"{NOT_BETTER}: some baseline does at least as well on that column (mean); beats all baselines: on how "
         "many faithfulness columns the method is better than every baseline. Locality: share of the "
         f"normalised saliency mass within the distance of the region; a flat map gets {chance}. Spearman vs "
-        f"{s.reference}: rank correlation of the map with {s.reference}'s.",
+        f"{s.reference}: rank correlation of the map with {s.reference}'s. Context radius: the smallest margin "
+        "(mm) around the region such that keeping only the image within it keeps the region's Dice above 0.9 "
+        "(the dilation test; a property of the region and the network, the same for every method; inf: none of "
+        "the tested margins, NaN: the region is not predicted).",
     ])
 
 

@@ -105,7 +105,7 @@ def metric_names(settings: EvaluationSettings) -> list[str]:
             + [f"masking_{k}_{d:g}mm" for d in ends for k in ("dice", "retained")]
             + ["deletion_auc", "insertion_auc", "deletion_auc_dice", "insertion_auc_dice",
                "randomisation_spearman", "randomisation_ssim", "image_spearman", "randomisation_flagged"]
-            + [f"locality_{d:g}mm" for d in settings.distances] + ["spearman_vs_reference"])
+            + [f"locality_{d:g}mm" for d in settings.distances] + ["spearman_vs_reference", "context_radius_mm"])
 
 
 # the faithfulness columns on which a method must beat every sanity baseline (the others describe a map)
@@ -115,7 +115,7 @@ JUDGED = ("masking_top", "masking_dice_", "deletion_auc", "insertion_auc", "rand
 
 def metric_direction(metric: str) -> int:
     """+1 where a faithful map scores higher, -1 where lower, 0 for descriptive columns (locality, agreement,
-    the image Spearman)."""
+    the image Spearman, the context radius)."""
     if metric.startswith(("masking_top", "masking_dice_", "insertion_auc")):
         return 1
     if metric.startswith(("masking_retained_", "deletion_auc", "randomisation_")):

@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from monai_xres.evaluation.report import write_report
 from monai_xres.evaluation.results import Evaluation, EvaluationSettings, metric_names
 from monai_xres.explainers.base import Explainer, predict
+from monai_xres.explainers.cam_shared import explain_all
 from monai_xres.explainers.registry import get_method, method_names
 from monai_xres.metrics.baselines import BASELINES, BaselineMap, edge_map, intensity_map
+from monai_xres.metrics.context import context_radius
 from monai_xres.metrics.equal_volume import masking_top_k
 from monai_xres.metrics.faithfulness import deletion_insertion, locality, masking_curve, spacing_of
 from monai_xres.metrics.randomisation import randomisation_check
@@ -156,7 +158,7 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
                      target: RegionTarget,
                      where: dict[str, str], verbose: bool) -> None:
     s = result.settings
-    explanations = {name: e.attribute(image, target) for name, e in explainers.items()}
+    explanations = explain_all(explainers, image, target)  # CAM variants of one layer share one backward
     maps = {name: e.saliency for name, e in explanations.items()}
     agree = agreement(maps, s.reference) if s.reference in maps else {}
     spacing = spacing_of(image, s.spacing)
@@ -164,6 +166,8 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
     image_maps = (intensity_map(plain[0]), edge_map(plain[0], spacing))  # the calibration of the flag
     network = next(iter(explainers.values())).network
     common = {"fill": s.fill, "batch_size": s.batch_size, "verbose": verbose}
+    # a property of the region and the network, not of a map: measured once, the same in every method's row
+    radius = context_radius(network, image, target, fill=s.fill, spacing=spacing, batch_size=s.batch_size).radius
     for name, explanation in explanations.items():
         sal = explanation.saliency
         top = masking_top_k(network, image, sal, target, s.top_k, seed=s.seed, **common)
@@ -184,7 +188,7 @@ def _evaluate_region(result: Evaluation, explainers: Mapping[str, Explainer], im
                   "randomisation_ssim": random.ssim[-1] if random else math.nan,
                   "image_spearman": image_rho,
                   "randomisation_flagged": float(after >= image_rho) if math.isfinite(after) else math.nan,
-                  "spearman_vs_reference": agree.get(name, math.nan)}
+                  "spearman_vs_reference": agree.get(name, math.nan), "context_radius_mm": radius}
         record.update({f"locality_{d:g}mm": v for d, v in zip(local["distance"], local["share"])})
         record.update({f"masking_top{p:g}pct_dice": dice for p, dice in zip(top.percent, top.dice)})
         for d, dice, kept in zip(mask.dilation, mask.dice, mask.retained):  # the table shows the first and last

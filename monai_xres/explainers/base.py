@@ -161,12 +161,26 @@ class Explainer:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         return {"method": type(self).__name__}
 
+    fixed_params: tuple[str, ...] = ()  # parameters a preset sets itself (never passed by a surface)
+
     @classmethod
     def accepts(cls, name: str) -> bool:
-        """Whether the constructor takes a keyword ``name`` (surfaces pass shared options only where taken)."""
-        parameters = inspect.signature(cls.__init__).parameters
-        return name in parameters and parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                                inspect.Parameter.KEYWORD_ONLY)
+        """Whether the constructor takes a keyword ``name`` (surfaces pass shared options only where taken).
+
+        A constructor with ``**kwargs`` passes them on: the classes further up the MRO are asked."""
+        if name in cls.fixed_params:
+            return False
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            parameters = inspect.signature(init).parameters
+            if name in parameters and name != "self" and parameters[name].kind in (
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                return True
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+                return False
+        return False
 
     def with_inferer(self, inferer: Any) -> Explainer | None:
         """A copy of this explainer that explains ``inferer``'s stitched output, or None if the method cannot

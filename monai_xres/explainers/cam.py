@@ -11,53 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple
 from torch import nn
 
-from monai_xres.explainers.base import Explainer, Explanation, network_errors, per_axis
+from monai_xres.explainers.base import Explainer, Explanation, network_errors, preserved_model_state
 from monai_xres.explainers.levels import captured_outputs, check_layers, combine_levels
 from monai_xres.explainers.maps import resize_linear
+from monai_xres.explainers.pooling import POOL_MODES, PoolSize, pool_gradient, window_of
 from monai_xres.explainers.sliding import check_inferer, sliding_cam
 from monai_xres.networks import Reshape, TargetLayer, first_head, layer_list, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
-
-PoolSize = int | Sequence[int] | str
-
-
-def pool_gradient(grad: torch.Tensor, pool_size: PoolSize, mode: str = "mean") -> torch.Tensor:
-    """Pool ``grad`` ``(B, K, *grid)`` in non-overlapping windows and bring it back to ``grid``.
-
-    As the published Seg-XRes-CAM code: zero-pad the end of each axis to a multiple of the window, pool
-    (``mean`` divides by the full window, padded zeros included; ``max`` sees the padded zeros), then
-    half-pixel nearest (``nearest-exact``) back to the grid. ``pool_size="global"`` pools the whole map.
-    """
-    grid = tuple(grad.shape[2:])
-    dims = tuple(range(2, grad.ndim))
-    if pool_size == "global":
-        pooled = grad.mean(dims, keepdim=True) if mode == "mean" else grad.amax(dims, keepdim=True)
-        return pooled.expand_as(grad)
-    window = _window(pool_size, len(grid))
-    if all(w == 1 for w in window):
-        return grad
-    pad: list[int] = []
-    for n, w in zip(reversed(grid), reversed(window)):
-        pad += [0, (-n) % w]
-    padded = F.pad(grad, pad)
-    pool = getattr(F, f"{'avg' if mode == 'mean' else 'max'}_pool{len(grid)}d")
-    pooled = pool(padded, kernel_size=window, stride=window)
-    return F.interpolate(pooled, size=grid, mode="nearest-exact")
-
-
-def _window(pool_size: PoolSize, n_dims: int) -> tuple[int, ...]:
-    window = per_axis(pool_size, n_dims)
-    if window is None:
-        raise ValueError(f"pool_size must be 'global', a positive int or {n_dims} positive ints for a "
-                         f"{n_dims}D feature map, got {pool_size!r}.")
-    return window
 
 
 class SegXResCAM(Explainer):
@@ -76,14 +42,21 @@ class SegXResCAM(Explainer):
             takes the network type's default (:func:`~monai_xres.networks.default_layer_name`). Several
             layers (a list, or ``"decoder1+decoder2"``) give a multi-layer map: each level's map is the
             exact single-layer map, resized to the input grid, and ``combine`` makes them one map.
-        pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM.
-        pool_mode: ``"mean"`` or ``"max"``.
+        pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM. At most the
+            feature grid per axis.
+        pool_mode: ``"mean"`` (divide by the full window), ``"max"``, or ``"sum"`` (as the published
+            Seg-Grad-CAM does over the whole map: the same normalised map as ``"mean"``, raw values
+            scaled by the window size).
         reshape: maps the layer output to ``(B, K, *grid)`` (e.g. ViT tokens); UNETR's is automatic.
         eval_mode: explain the network in eval mode (restored afterwards).
         inferer: a ``SlidingWindowInferer``: explain the region of its stitched output, window by window
-            (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan.
+            (see :mod:`monai_xres.explainers.sliding`); memory then scales with the window, not the scan. An
+            inferer with a ``stitched_cam`` method explains its own stitching (nnU-Net's windows, mirrors and
+            folds: :mod:`monai_xres.explainers.nnunet_sliding`).
         amp: on CUDA, run the network under ``torch.autocast`` (the map is accumulated in float32).
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
+        counterfactual: explain what speaks *against* the class in the region: the gradient of ``-S``
+            (the published code's ``negative_gradient``), so the ReLU keeps the evidence that lowers the score.
         combine: with several layers, ``"mean"`` (each level's map divided by its own maximum, then
             averaged: every level counts alike) or ``"sum"`` (the raw maps added, in region-score units).
 
@@ -93,15 +66,17 @@ class SegXResCAM(Explainer):
         saliency = cam(image, RegionTarget(1, box=((10, 10, 4), (40, 40, 20))))  # (B, 1, H, W, D)
     """
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
-                 eval_mode: bool = True, inferer: SlidingWindowInferer | None = None, amp: bool = True,
-                 verbose: bool = True, combine: str = "mean") -> None:
+                 eval_mode: bool = True, inferer: Any = None, amp: bool = True,
+                 verbose: bool = True, counterfactual: bool = False, combine: str = "mean") -> None:
         super().__init__(network, eval_mode)
-        if pool_mode not in ("mean", "max"):
-            raise ValueError(f"pool_mode must be 'mean' or 'max', got {pool_mode!r}.")
+        if not isinstance(counterfactual, bool):
+            raise ValueError(f"counterfactual must be True or False, got {counterfactual!r}.")
+        if pool_mode not in POOL_MODES:
+            raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}.")
         if pool_size != "global":
-            _window(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
+            window_of(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
         self.layers: list[TargetLayer] = [resolve_layer(network, t, reshape) for t in layer_list(target_layer)]
         check_layers(self.layers, combine)
         self.layer: TargetLayer = self.layers[0]
@@ -111,20 +86,36 @@ class SegXResCAM(Explainer):
         self.inferer = None if inferer is None else check_inferer(inferer)
         self.amp = amp
         self.verbose = verbose
+        self.counterfactual = counterfactual
+
+    @property
+    def score_sign(self) -> float:
+        """-1 for a counterfactual explanation (the gradient of ``-S``), else 1."""
+        return -1.0 if self.counterfactual else 1.0
+
+    @property
+    def n_maps(self) -> int:
+        """Channels of the signed map before the levels are combined: one per target layer (read by
+        :func:`~monai_xres.explainers.sliding.sliding_cam` and nnU-Net's ``ensemble_cam``)."""
+        return len(self.layers)
 
     def with_inferer(self, inferer: Any) -> SegXResCAM | None:
-        """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``), else None."""
-        if not isinstance(inferer, SlidingWindowInferer):
+        """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``, or an inferer with its own
+        ``stitched_cam`` such as nnU-Net's), else None."""
+        if not isinstance(inferer, SlidingWindowInferer) and not hasattr(inferer, "stitched_cam"):
             return None
         return self.replace(inferer=check_inferer(inferer))
 
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
-        params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode}
+        params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode,
+                  "counterfactual": self.counterfactual}
         if len(self.layers) > 1:
             params.update(target_layer=[layer.name for layer in self.layers], combine=self.combine_rule)
-        if self.inferer is not None:
+        if hasattr(self.inferer, "stitched_cam"):
+            params["inferer"] = self.inferer.params()
+        elif self.inferer is not None:
             params["inferer"] = {"roi_size": list(ensure_tuple(self.inferer.roi_size)),
                                  "overlap": self.inferer.overlap, "mode": str(self.inferer.mode.value)}
         return params
@@ -147,18 +138,45 @@ class SegXResCAM(Explainer):
                 if not upsample:
                     raise ValueError("With a sliding-window inferer the map is built on the input grid: "
                                      "upsample=False is not available.")
-                cam, logits, regions, scores, info = sliding_cam(self, x, targets, affines, self.inferer, self.verbose)
-                cam = cam.relu() if relu else cam
+                stitched = getattr(self.inferer, "stitched_cam", None)
+                cam, logits, regions, scores, info = (
+                    stitched(self, x, targets, affines, self.verbose) if stitched is not None
+                    else sliding_cam(self, x, targets, affines, self.inferer, self.verbose))
+                cam = cam.relu() if relu else cam  # one channel per level, each stitched before its ReLU
             else:
                 logits, activations = self._forward_from_layers(x)
                 regions = self.resolve_regions(logits, targets, affines)
                 grads, scores = self._score_gradient(logits, activations, targets, regions)
                 maps = [self._level_map(layer, a.detach(), g) for layer, a, g in zip(self.layers, activations, grads)]
                 maps = [m.relu() for m in maps] if relu else maps
-                cam = torch.cat([resize_linear(m.float(), x.shape[2:]) for m in maps], 1) if upsample else maps[0]
+                cam = torch.cat([resize_linear(m, x.shape[2:]) for m in maps], 1) if upsample else maps[0]
         if several:
             cam = combine_levels(cam, self.combine_rule)
         return Explanation(cam.float(), logits.detach(), regions, scores, info)
+
+    def check_input(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The (first) target layer's feature grid for inputs like ``x`` ``(B, C_in, *spatial)`` (one forward,
+        no backward), every target layer's grid checked against the gradient window: a cheap test before a
+        long run.
+
+        Raises:
+            ValueError: a layer does not run, gives no feature map, or is smaller than the window.
+        """
+        with preserved_model_state(self.network, self.eval_mode), torch.inference_mode(False):
+            _, activations = self._forward_from_layers(x)
+        grids = []
+        for layer, activation in zip(self.layers, activations):
+            if layer.reshape is not None:
+                activation = layer.reshape(activation)
+            grid = tuple(activation.shape[2:])
+            grids.append(grid)
+            if self.pool_size != "global":
+                window = window_of(self.pool_size, len(grid))
+                if any(w > n for w, n in zip(window, grid)):
+                    raise ValueError(f"the gradient window {window} is larger than the feature grid {grid} of layer "
+                                     f"{layer.name!r} for inputs of size {tuple(x.shape[2:])}: use a window of at "
+                                     "most the grid per axis, or Seg-Grad-CAM for the whole map.")
+        return grids[0]
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some
@@ -171,7 +189,8 @@ class SegXResCAM(Explainer):
         return maps[0] if len(maps) == 1 else torch.cat([resize_linear(m, x.shape[2:]) for m in maps], 1)
 
     def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation."""
+        """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation
+        (of the first target layer)."""
         return self._level_map(self.layer, activation, grad)
 
     def _level_map(self, layer: TargetLayer, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -228,7 +247,8 @@ class SegXResCAM(Explainer):
         with torch.enable_grad():
             per_sample = [t.score(logits[i].float(), regions[i]) for i, t in enumerate(targets)]
         several = isinstance(activation, (list, tuple))
-        grads = self._gradients(torch.stack(per_sample).sum(), activation if several else [activation])
+        total = self.score_sign * torch.stack(per_sample).sum()
+        grads = self._gradients(total, activation if several else [activation])
         return grads if several else grads[0], [float(s.detach()) for s in per_sample]
 
 
@@ -238,15 +258,27 @@ class HiResCAM(SegXResCAM):
     Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
     """
 
+    fixed_params = ("pool_size", "pool_mode")
+
     def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
         super().__init__(network, target_layer, pool_size=1, pool_mode="mean", **kwargs)
 
 
 class SegGradCAM(SegXResCAM):
-    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient averaged over the whole map.
+    """Seg-Grad-CAM (Vinogradova et al.): Seg-XRes-CAM with the gradient pooled over the whole map.
 
-    Keyword arguments other than ``pool_size``/``pool_mode`` are those of :class:`SegXResCAM`.
+    Args:
+        reduction: ``"mean"`` (default) averages the gradient over the map; ``"sum"`` sums it, as the
+            published Seg-Grad-CAM code does. The normalised maps are the same; raw values differ by the
+            number of feature cells.
+
+    Other keyword arguments (not ``pool_size``/``pool_mode``) are those of :class:`SegXResCAM`.
     """
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, **kwargs) -> None:
-        super().__init__(network, target_layer, pool_size="global", pool_mode="mean", **kwargs)
+    fixed_params = ("pool_size", "pool_mode")
+
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None, reduction: str = "mean",
+                 **kwargs) -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum' (the published code sums), got {reduction!r}.")
+        super().__init__(network, target_layer, pool_size="global", pool_mode=reduction, **kwargs)

@@ -21,7 +21,7 @@ __all__ = ["crop_window", "receptive_field_radius"]
 
 
 def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: int = 2, seed: int = 0,
-                           eval_mode: bool = True) -> tuple[int, ...]:
+                           eval_mode: bool = True, shift: Sequence[int] | None = None) -> tuple[int, ...]:
     """Per-axis radius of the receptive field of the central output voxel, measured on ``sample``'s grid.
 
     Method: the support (non-zero voxels) of the gradient of the central output voxel (all channels
@@ -34,12 +34,20 @@ def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: i
     every output depend on the whole input: the measured radius is then the whole image, correctly,
     and a region-restricted explanation gains nothing.
 
+    Args:
+        shift: also measure the field of the voxel ``shift`` voxels beyond the centre (per axis; e.g. the
+            network's total stride, and more than one voxel) and check that it is the central field moved
+            by ``shift`` (within a voxel), as for a translation-equivariant network. Where it is not (the
+            output reads fixed input voxels, say), the axis is given the whole image length.
+
     Returns:
         radius per spatial axis, in voxels.
     """
     spatial = tuple(sample.shape[2:])
     centre = tuple(n // 2 for n in spatial)
+    other = None if shift is None else tuple(min(c + int(s), n - 1) for c, s, n in zip(centre, shift, spatial))
     support = torch.zeros(spatial, dtype=torch.bool, device=sample.device)
+    moved = torch.zeros_like(support)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(network, eval_mode):
         for _ in range(n_probes):
@@ -50,14 +58,36 @@ def receptive_field_radius(network: nn.Module, sample: torch.Tensor, n_probes: i
                 raise ValueError(f"The network maps the grid {spatial} to {tuple(out.shape[2:])}: a receptive "
                                  "field in input voxels needs an output on the input grid; give "
                                  "context_margin in voxels instead of 'auto'.")
-            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), probe)
+            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), probe, retain_graph=other is not None)
             support |= grad[0].abs().sum(0) > 0
-    radius = []
-    for axis, (n, c) in enumerate(zip(spatial, centre)):
-        idx = support.nonzero()[:, axis]
-        low, high = int(idx.min()), int(idx.max())
-        radius.append(n if low == 0 or high == n - 1 else max(c - low, high - c))
-    return tuple(radius)
+            if other is not None:
+                (grad,) = torch.autograd.grad(out[(0, slice(None)) + other].sum(), probe)
+                moved |= grad[0].abs().sum(0) > 0
+    return tuple(_axis_radius(support, moved if other is not None else None, axis, centre, other)
+                 for axis in range(len(spatial)))
+
+
+def _axis_radius(support: torch.Tensor, moved: torch.Tensor | None, axis: int, centre: tuple[int, ...],
+                 other: tuple[int, ...] | None) -> int:
+    """The field's radius along ``axis``, or the axis length where it reaches the edge or does not move with
+    its voxel."""
+    n, c = support.shape[axis], centre[axis]
+    idx = support.nonzero()[:, axis]
+    if idx.numel() == 0:  # the output does not depend on the input at all here: nothing to crop by
+        return n
+    low, high = int(idx.min()), int(idx.max())
+    if low == 0 or high == n - 1:
+        return n
+    if moved is not None:
+        idx = moved.nonzero()[:, axis]
+        if idx.numel() == 0:
+            return n
+        low2, high2 = int(idx.min()), int(idx.max())
+        step = other[axis] - c
+        # a ReLU may gate a voxel at the fringe for one probe and not the other: allow one voxel
+        if low2 == 0 or high2 == n - 1 or abs(low2 - low - step) > 1 or abs(high2 - high - step) > 1:
+            return n
+    return max(c - low, high - c)
 
 
 def crop_window(area: torch.Tensor, margin: Sequence[int], multiple: Sequence[int]

@@ -71,10 +71,15 @@ class Method:
         return cls(network, **{**extra, **dict(params or {})})
 
     def file_tag(self, params: Mapping[str, Any] | None = None) -> str:
-        return self.tag(dict(params or {})) if self.tag else self.name
+        """The name of this configured method's output files and keys (a counterfactual map says so)."""
+        params = dict(params or {})
+        tag = self.tag(params) if self.tag else self.name
+        return tag + ("-counterfactual" if params.get("counterfactual") else "")
 
     def display_label(self, params: Mapping[str, Any] | None = None) -> str:
-        return self.label(dict(params or {})) if self.label else self.display
+        params = dict(params or {})
+        label = self.label(params) if self.label else self.display
+        return label + (" (counterfactual)" if params.get("counterfactual") else "")
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -173,14 +178,14 @@ def _is_window_one(pool_size: Any) -> bool:
 def _cam_tag(params: Mapping[str, Any]) -> str:
     size, mode = params.get("pool_size", 1), params.get("pool_mode", "mean")
     if size == "global":
-        return "seggradcam" + ("" if mode == "mean" else "-max")
-    return f"segxrescam-w{_window_text(size)}" + ("" if mode == "mean" or _is_window_one(size) else "-max")
+        return "seggradcam" + ("" if mode == "mean" else f"-{mode}")
+    return f"segxrescam-w{_window_text(size)}" + ("" if mode == "mean" or _is_window_one(size) else f"-{mode}")
 
 
 def _cam_label(params: Mapping[str, Any]) -> str:
     size, mode = params.get("pool_size", 1), params.get("pool_mode", "mean")
     if size == "global":
-        return "Seg-Grad-CAM" + ("" if mode == "mean" else " max")
+        return "Seg-Grad-CAM" + ("" if mode == "mean" else f" {mode}")
     return "HiResCAM" if _is_window_one(size) else f"Seg-XRes-CAM {mode} w{_window_text(size)}"
 
 
@@ -188,8 +193,13 @@ def _rise_label(params: Mapping[str, Any]) -> str:
     return "RISE centred" if params.get("center_scores") else "RISE"
 
 
+def _global(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Seg-Grad-CAM's parameters as a CAM window: the whole map, its ``reduction`` as the pooling mode."""
+    return {**params, "pool_size": "global", "pool_mode": params.get("pool_mode", params.get("reduction", "mean"))}
+
+
 register(Method("seggradcam", "monai_xres.explainers.cam.SegGradCAM", "Seg-Grad-CAM", aliases=("gradcam",),
-                tag=lambda p: _cam_tag({"pool_size": "global"})))
+                tag=lambda p: _cam_tag(_global(p)), label=lambda p: _cam_label(_global(p))))
 register(Method("hirescam", "monai_xres.explainers.cam.HiResCAM", "HiResCAM",
                 tag=lambda p: _cam_tag({"pool_size": 1})))
 register(Method("segxrescam", "monai_xres.explainers.cam.SegXResCAM", "Seg-XRes-CAM",

@@ -3,53 +3,38 @@
 ``saliency = sum_i score_i * m_i / (N * p_keep)`` (Petsiuk et al., 2018), with the segmentation scores
 of the Seg-XRes-CAM paper (Dice of the class inside the region, :mod:`monai_xres.explainers.rise_scoring`).
 Masks are streamed batch by batch (:mod:`monai_xres.explainers.rise_stream`): memory is one batch of
-masks and inputs, whatever ``n_masks`` is. The region-restricted mode crops around the region by the
-network's receptive field (:mod:`monai_xres.explainers.receptive_field`).
+masks and inputs, whatever ``n_masks`` is. Each masked prediction covers only what can reach the region
+(:mod:`monai_xres.explainers.rise_crop`); the default estimator draws the masks adaptively, with the same
+map in expectation (:mod:`monai_xres.explainers.rise_adaptive`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.inferers import SlidingWindowInferer
+from monai.utils import fall_back_tuple
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation
-from monai_xres.explainers.receptive_field import crop_window, receptive_field_radius
-from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec, _check_ints, axis_values
+from monai_xres.explainers.receptive_field import receptive_field_radius
+from monai_xres.explainers.rise_adaptive import EstimatorSettings, Proposal, stage_bounds
+from monai_xres.explainers.rise_crop import Crop, CropSettings, equivariance_shift, plan_crop
+from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec
 from monai_xres.explainers.rise_scoring import ScoreSettings, region_scorer
-from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, mask_batches, stream_masks
+from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, Stream, mask_batches
+from monai_xres.explainers.sliding import check_inferer, forward_recording
 from monai_xres.networks import network_stride
-from monai_xres.regions.scores import predicted_class_mask
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["BatchSettings", "CropSettings", "MaskSettings", "ScoreSettings", "SegRISE"]
+__all__ = ["BatchSettings", "CropSettings", "EstimatorSettings", "MaskSettings", "ScoreSettings", "SegRISE"]
 
 
-@dataclass(frozen=True)
-class CropSettings:
-    """Region-restricted RISE: evaluate only the region's bounding box plus a context margin.
-
-    Args:
-        context_margin: None (the full image), voxels per side (int or per axis), or ``"auto"`` (the
-            measured receptive field of the network).
-        crop_multiple: crop alignment per axis; None takes the network's total stride.
-    """
-
-    context_margin: int | Sequence[int] | str | None = None
-    crop_multiple: int | Sequence[int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.context_margin not in (None, "auto"):
-            _check_ints(self.context_margin, "context_margin", 0)
-        if self.crop_multiple is not None:
-            _check_ints(self.crop_multiple, "crop_multiple", 1)
-
-
-_GROUPS = {"masks": MaskSettings, "scoring": ScoreSettings, "batching": BatchSettings, "crop": CropSettings}
+_GROUPS = {"masks": MaskSettings, "scoring": ScoreSettings, "batching": BatchSettings, "crop": CropSettings,
+           "estimation": EstimatorSettings}
 _FIELD_GROUP = {f.name: group for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
 
@@ -76,23 +61,24 @@ class SegRISE(Explainer):
     mean score. ``center_scores=True`` subtracts it, giving ``sum_i (score_i - mean) * m_i / (N p_keep)``,
     zero in expectation wherever the mask does not change the score.
 
-    Region-restricted mode (``context_margin``): the masked input is the crop
-    ``bounding box of W + margin`` (clipped, aligned to ``crop_multiple``), evaluated alone. The crop
-    sees exactly the voxels of the full-image masks, so inside the crop the map equals full RISE when
-    the region's output computed from the crop equals that from the whole image: a network
-    translation-equivariant for shifts by ``crop_multiple`` whose receptive-field radius is at most the
-    margin (zero padding at the crop edge then reaches no region voxel). Instance normalisation,
-    global pooling or attention break this (``"auto"`` then measures the whole image). Outside the crop
-    the score does not depend on the mask, and the map is set to its expectation there (the mean score
-    times the mean mask value over ``p_keep``; 0 with ``center_scores``). The masks keep the full
-    image's cell size in the crop.
+    Region-restricted (``context_margin``, :mod:`~monai_xres.explainers.rise_crop`): by default (``"auto"``)
+    each masked input is evaluated only where it can reach the region: the sliding windows that overlap
+    ``W`` (exact for any network), or ``W``'s box plus the measured receptive field (exact for a
+    translation-equivariant network), else the whole image; ``info["crop"]`` says which and why. Outside
+    the evaluated box the score does not depend on the mask, and the map is set to its expectation
+    there (the mean score times the mean mask value over ``p_keep``; 0 with ``center_scores``).
+
+    Estimators (``estimator``, :mod:`~monai_xres.explainers.rise_adaptive`): ``"adaptive"`` (default) draws
+    later masks where the map is decided and weights each by its importance ratio, so the map is RISE's in
+    expectation with less noise for the same number of masks; ``"plain"`` is the published estimator.
+    ``info["estimator_used"]`` records which ran (``"plain"`` for supplied masks and ``"logit"`` scores).
 
     The published segmentation RISE (Seg-XRes-CAM code) is reproduced, masks aside, by
     ``p_keep=0.1, cell_draw="randn", interpolation="nearest", score="dice"``; its random stream differs.
     The map is always divided by ``p_keep`` as given, although ``randn`` cells are kept with probability
     ``Phi(p_keep)``; this scales the map and leaves its ranking unchanged.
 
-    Parameters come in four small groups, given as objects or, field by field, as keywords
+    Parameters come in five small groups, given as objects or, field by field, as keywords
     (``SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8, seed=1)``); a field may not be given
     both ways.
 
@@ -109,29 +95,30 @@ class SegRISE(Explainer):
             ``early_stop_tol`` (None: run all masks; else stop once the map's relative L2 change over
             the last ``early_stop_k`` batches is below it; where it stops depends on ``batch_size``),
             ``early_stop_k`` (4).
-        crop: :class:`CropSettings`: ``context_margin`` (None: the full image; voxels per side, int or
-            per axis; or ``"auto"``, the measured receptive field,
-            :func:`~monai_xres.explainers.receptive_field.receptive_field_radius`), ``crop_multiple``
-            (None: the network's total stride, else per axis).
+        crop: :class:`~monai_xres.explainers.rise_crop.CropSettings`: ``context_margin`` (``"auto"``;
+            voxels per side, int or per axis; None: the whole image), ``crop_multiple`` (None: the
+            network's total stride, else per axis).
+        estimation: :class:`~monai_xres.explainers.rise_adaptive.EstimatorSettings`: ``estimator``
+            (``"adaptive"`` or ``"plain"``).
         inferer: a MONAI inferer (e.g. ``SlidingWindowInferer``) through which every prediction, unmasked
-            and masked, is made: RISE of the stitched output of a whole scan. With ``context_margin``
-            only the crop goes through it.
+            and masked, is made: RISE of the stitched output of a whole scan.
         verbose: tqdm progress bar over masks (never shown when stderr is not a terminal).
         eval_mode: explain the network in eval mode (restored afterwards).
-        fields: any field of the four groups by name (``grid_size=...``, ``batch_size=...``, ...).
+        fields: any field of the groups by name (``grid_size=...``, ``batch_size=...``, ...).
 
     Example::
 
         rise = SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8)
         saliency = rise(image, RegionTarget(1, box=((40, 40, 10), (60, 60, 20))))  # (B, 1, H, W, D)
-        # only a crop around the box, for a fully convolutional network:
-        result = SegRISE(net, context_margin="auto").attribute(image, RegionTarget(1, box=...))
+        # the published estimator, on the whole image:
+        result = SegRISE(net, estimator="plain", context_margin=None).attribute(image, RegionTarget(1, box=...))
     """
 
     def __init__(self, network: nn.Module, n_masks: int = 2000, *, masks: MaskSettings | None = None,
                  scoring: ScoreSettings | None = None, batching: BatchSettings | None = None,
-                 crop: CropSettings | None = None, inferer: Callable[..., Any] | None = None, verbose: bool = True,
-                 eval_mode: bool = True, **fields: Any) -> None:
+                 crop: CropSettings | None = None, estimation: EstimatorSettings | None = None,
+                 inferer: Callable[..., Any] | None = None, verbose: bool = True, eval_mode: bool = True,
+                 **fields: Any) -> None:
         super().__init__(network, eval_mode)
         if not isinstance(n_masks, int) or isinstance(n_masks, bool) or n_masks < 1:
             raise ValueError(f"n_masks must be an int >= 1, got {n_masks!r}.")
@@ -141,8 +128,8 @@ class SegRISE(Explainer):
         unknown = sorted(set(fields) - set(_FIELD_GROUP))
         if unknown:
             raise ValueError(f"Unknown SegRISE argument(s) {unknown}; valid: n_masks, inferer, verbose, eval_mode, "
-                             f"masks, scoring, batching, crop and their fields {sorted(_FIELD_GROUP)}.")
-        given = {"masks": masks, "scoring": scoring, "batching": batching, "crop": crop}
+                             f"masks, scoring, batching, crop, estimation and their fields {sorted(_FIELD_GROUP)}.")
+        given = {"masks": masks, "scoring": scoring, "batching": batching, "crop": crop, "estimation": estimation}
         for group, cls in _GROUPS.items():
             mine = {k: v for k, v in fields.items() if _FIELD_GROUP[k] == group}
             if given[group] is not None and mine:
@@ -185,45 +172,49 @@ class SegRISE(Explainer):
                 batches, on the input grid. A one-shot iterator serves a single sample only.
 
         Returns:
-            :class:`Explanation`; ``info`` holds the parameters, ``n_masks_used`` and, per sample,
-            the evaluated ``windows`` (start, size) and ``mean_score``.
+            :class:`Explanation`; ``info`` holds the parameters, ``estimator_used`` (the one that ran),
+            ``n_masks_used`` and, per sample, the evaluated ``windows`` (start, size), the ``crop`` facts
+            and ``mean_score``.
         """
         spec = self.masks.spec(x.shape[2:])
         if masks is not None and x.shape[0] > 1 and iter(masks) is masks:
             raise ValueError("A one-shot iterator of masks can serve one sample only: pass a tensor or a "
                              "list of batches, or explain the samples one at a time.")
-        logits = self.forward(x, self.inferer)
+        logits, layout = self._predict(x)
         regions = self.resolve_regions(logits, targets, affines)
-        runs = [self._explain_one(x[b:b + 1], logits[b], targets[b], regions[b], affines[b], spec, masks)
+        runs = [self._explain_one(x[b:b + 1], logits[b], targets[b], regions[b], affines[b], spec, masks, layout)
                 for b in range(x.shape[0])]
-        info = {"n_masks_used": [r["n_used"] for r in runs],
+        info = {"estimator_used": self.estimator_used(masks), "n_masks_used": [r["n_used"] for r in runs],
                 "windows": [[list(r["start"]), list(r["size"])] for r in runs],
-                "mean_score": [r["mean_score"] for r in runs]}
+                "crop": [r["crop"] for r in runs], "mean_score": [r["mean_score"] for r in runs]}
         saliency = torch.stack([r["map"] for r in runs]).float()
         return Explanation(saliency, logits, regions, [r["score"] for r in runs], info)
 
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, list | None]:
+        """The unmasked prediction, and the sliding windows it ran when the crop may select among them."""
+        sliding = isinstance(self.inferer, SlidingWindowInferer) and not (self.inferer.buffer_steps or 0) > 0
+        if sliding and self.crop.context_margin == "auto":
+            roi = tuple(fall_back_tuple(self.inferer.roi_size, tuple(x.shape[2:])))
+            return forward_recording(self.network, x, check_inferer(self.inferer), roi)
+        return self.forward(x, self.inferer), None
+
     def _explain_one(self, x: torch.Tensor, logits: torch.Tensor, target: RegionTarget, region: torch.Tensor,
-                     affine, spec: MaskSpec, masks: Masks | None) -> dict:
+                     affine, spec: MaskSpec, masks: Masks | None, layout: list | None) -> dict:
         spatial = tuple(x.shape[2:])
-        area = region
-        if target.restrict_to_prediction:
-            area = dataclasses.replace(target, restrict_to_prediction=False).region(logits, affine)
-        reference = predicted_class_mask(logits, target.class_index) & area
+        area = target.score_area(logits, affine)  # W; for border/rim targets the band around the boundary
+        reference = target.decision(logits[None])[0] & area
         kind = self.scoring.score
         if kind != "logit" and not bool(reference.any()):
             raise ValueError(f"No voxel of the region is predicted as class {target.class_index}, so a Dice "
                              "score is undefined: use score='logit' or move the region onto the prediction.")
-        start, size = (0,) * len(spatial), spatial
-        if self.crop.context_margin is not None:
-            if tuple(logits.shape[1:]) != spatial:
-                raise ValueError(f"context_margin needs the output on the input grid {spatial}, got "
-                                 f"{tuple(logits.shape[1:])}: use context_margin=None.")
-            start, size = crop_window(area, self._margin(x), self._multiple(len(spatial)))
+        crop = plan_crop(self.crop, x, area, self.inferer, self.forward, self.network, logits.shape[1:],
+                         lambda: self._radius(x), self._stride(len(spatial)), layout)
+        start, size = crop.start, crop.size
         window = tuple(slice(s, s + n) for s, n in zip(start, size))
         full_score = float(region_scorer(kind, target, region, area, reference)(logits[None])[0])
-        if size != spatial:  # the crop's output is the crop of the output grid (checked above)
+        if size != spatial:  # the crop's output is the crop of the output grid (checked by plan_crop)
             region, area, reference = region[window], area[window], reference[window]
-        sums = self._accumulate(x[(slice(None), slice(None)) + window], spec, start, size,
+        sums = self._accumulate(x[(slice(None), slice(None)) + window], spec, crop,
                                 region_scorer(kind, target, region, area, reference), masks)
         mean_score, p_keep = sums.mean_score, spec.p_keep
         inside = sums.weighted / (sums.n_used * p_keep)
@@ -234,49 +225,73 @@ class SegRISE(Explainer):
         full = torch.full((1, *spatial), outside, dtype=torch.float64, device=x.device)
         full[(0,) + window] = inside
         return {"map": full, "n_used": sums.n_used, "start": start, "size": size, "score": full_score,
-                "mean_score": mean_score}
+                "mean_score": mean_score, "crop": crop.facts}
 
-    def _margin(self, x: torch.Tensor) -> tuple[int, ...]:
-        n_dims = x.ndim - 2
-        if self.crop.context_margin != "auto":
-            return axis_values(self.crop.context_margin, n_dims, "context_margin", 0)
+    def _radius(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The network's measured receptive-field radius on ``x``'s grid (the whole axis where it is not
+        translation-equivariant), cached per input shape."""
         key = (tuple(x.shape), x.device, x.dtype)
         if key not in self._radius_cache:
-            self._radius_cache[key] = receptive_field_radius(self.network, x, eval_mode=self.eval_mode)
+            shift = equivariance_shift(self._stride(x.ndim - 2))
+            self._radius_cache[key] = receptive_field_radius(self.network, x, eval_mode=self.eval_mode, shift=shift)
         return self._radius_cache[key]
 
-    def _multiple(self, n_dims: int) -> tuple[int, ...]:
-        if self.crop.crop_multiple is None:
-            return network_stride(self.network, n_dims)
-        return axis_values(self.crop.crop_multiple, n_dims, "crop_multiple", 1)
+    def _stride(self, n_dims: int) -> tuple[int, ...]:
+        return network_stride(self.network, n_dims)
 
-    def _accumulate(self, x: torch.Tensor, spec: MaskSpec, start: tuple[int, ...], size: tuple[int, ...],
+    def _accumulate(self, x: torch.Tensor, spec: MaskSpec, crop: Crop,
                     scorer: Callable[[torch.Tensor], torch.Tensor], masks: Masks | None) -> RiseSums:
-        """Stream the masks through the network; the float64 sums of :class:`RiseSums`."""
+        """Stream the masks through the network, stage by stage; the float64 sums of :class:`RiseSums`."""
+        start, size, adaptive = crop.start, crop.size, self.estimator_used(masks) == "adaptive"
         weighted = torch.zeros(size, dtype=torch.float64, device=x.device)
-        sums = RiseSums(weighted, torch.zeros_like(weighted) if self.scoring.center_scores else None)
+        sums = RiseSums(weighted, torch.zeros_like(weighted) if self.scoring.center_scores else None,
+                        pilot=torch.zeros(size, dtype=torch.int64, device=x.device) if adaptive else None)
         fill = torch.tensor(self.scoring.fill, dtype=x.dtype, device=x.device)
         diff = x - fill
-        indices = self._mask_indices()
-        total = len(indices) if masks is None else (
+        total = self.n_masks if masks is None else (
             len(masks) if isinstance(masks, torch.Tensor) else
             sum(map(len, masks)) if isinstance(masks, (list, tuple)) else None)
-        batches = mask_batches(spec, indices, start, size, x, self.batching.batch_size, masks)
+        stream = Stream(self.batching, total, self.verbose, crop.describe(spec.image_size))
+        cropped, batch_size = tuple(size) != spec.image_size, self.batching.batch_size
 
         def predict_scores(batch: torch.Tensor) -> list[float]:
-            return scorer(self.forward(torch.addcmul(fill, diff, batch), self.inferer)).tolist()
+            return self.scoring.weight(scorer(crop.predict(torch.addcmul(fill, diff, batch))).tolist())
 
-        sums = stream_masks(batches, predict_scores, sums, self.batching, tuple(size) != spec.image_size, total,
-                            self.verbose)
+        try:
+            if masks is not None:
+                stream.run(mask_batches(spec, [], start, size, x, batch_size, masks), predict_scores, sums, cropped)
+            bounds = stage_bounds(self.n_masks, adaptive) if masks is None else [0]
+            proposal = None
+            for first, last in zip(bounds, bounds[1:]):
+                batches = mask_batches(spec, self._mask_indices(first, last), start, size, x, batch_size, None,
+                                       proposal)
+                stream.run(batches, predict_scores, sums, cropped)
+                if stream.stopped:
+                    break
+                if adaptive and last < self.n_masks:  # the next stage draws from the map of all masks so far
+                    proposal = Proposal(spec, *self._reduce_pilot(sums.pilot.clone(), sums.pilot_total), start)
+        finally:
+            stream.close()
         sums = self._reduce(sums)
         if sums.n_used == 0:
             raise ValueError("No masks were given: pass at least one mask (N >= 1).")
         return sums
 
-    def _mask_indices(self) -> range:
-        """The generated masks this process evaluates: all of them (mask-parallel RISE takes a part)."""
-        return range(self.n_masks)
+    def estimator_used(self, masks: Masks | None = None) -> str:
+        """The estimator that runs: ``"adaptive"`` needs generated masks and scores in [0, 1] (not ``"logit"``)."""
+        if self.estimation.estimator == "adaptive" and masks is None and self.scoring.score != "logit":
+            return "adaptive"
+        return "plain"
+
+    def _mask_indices(self, first: int, last: int) -> range:
+        """The generated masks of ``[first, last)`` this process evaluates: all (mask-parallel RISE takes a part)."""
+        return range(first, last)
+
+    def _reduce_pilot(self, pilot: torch.Tensor, total: int) -> tuple[torch.Tensor, int]:
+        """The adaptive estimator's integer map made global (mask-parallel RISE adds other processes')."""
+        return pilot, total
 
     def _reduce(self, sums: RiseSums) -> RiseSums:
         """The sums over this process's masks made global (mask-parallel RISE adds other processes')."""
         return sums
+

@@ -22,7 +22,7 @@ import torch
 
 from monai_xres.explainers.base import per_axis
 
-__all__ = ["MaskSettings", "MaskSpec", "draw_cells", "expected_keep", "mask_windows"]
+__all__ = ["MaskSettings", "MaskSpec", "draw_cells", "expected_keep", "mask_windows", "masks_from_cells"]
 
 CELL_DRAWS = ("uniform", "randn")
 INTERPOLATIONS = ("linear", "nearest")
@@ -173,7 +173,14 @@ def mask_windows(spec: MaskSpec, indices: Sequence[int], start: Sequence[int], s
     than many small ones, which matters when the CPU is shared. Each mask is computed by the same
     per-matrix product whatever else is in the batch, so a mask does not depend on the batching.
     """
-    draws = [draw_cells(spec, int(i)) for i in indices]
+    return masks_from_cells(spec, [draw_cells(spec, int(i)) for i in indices], start, size, device, dtype)
+
+
+def masks_from_cells(spec: MaskSpec, draws: Sequence[tuple[np.ndarray, Sequence[int]]], start: Sequence[int],
+                     size: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """The window ``[start, start + size)`` of the masks with the given ``(cells, shift)`` draws,
+    ``(len(draws), 1, *size)`` (see :func:`mask_windows`)."""
     mask = torch.as_tensor(np.stack([cells for cells, _ in draws]), dtype=dtype).to(device)
     n = len(draws)
     for axis, (n_in, n_up) in enumerate(zip(spec.grid, spec.upsampled)):

@@ -23,9 +23,12 @@ __all__ = ["MaskParallelSegRISE"]
 class MaskParallelSegRISE(SegRISE):
     """:class:`~monai_xres.explainers.rise.SegRISE` with the masks of one scan split across the ranks of a group.
 
-    The mask batches ``[0, batch_size), [batch_size, 2 batch_size), ...`` of the seeded sequence are split
-    into ``world_size`` contiguous blocks; rank ``r`` evaluates block ``r``, so every batch is the very
-    batch a single process would run. The float64 sums are added with ``all_reduce(SUM)`` and every rank
+    The mask batches ``[0, batch_size), [batch_size, 2 batch_size), ...`` of each stage of the seeded
+    sequence (one stage for the plain estimator; the adaptive estimator's stages double in size, see
+    :mod:`~monai_xres.explainers.rise_adaptive`) are split into ``world_size`` contiguous blocks; rank ``r``
+    evaluates block ``r``, so every batch is the very batch a single process would run. After each
+    adaptive stage the ranks add their exact integer maps, so every rank draws the next stage's masks
+    as one process would. The float64 sums are added with ``all_reduce(SUM)`` and every rank
     returns the same map. It equals the single-process map for the same seed up to the order of the
     float64 additions (relative differences ~1e-15). Every rank must explain the same input and target,
     as collectives require. With no initialised group it is :class:`SegRISE`.
@@ -54,12 +57,21 @@ class MaskParallelSegRISE(SegRISE):
                              "use SegRISE (one process).")
         return super().explain(x, targets, affines)
 
-    def _mask_indices(self) -> range:
+    def _mask_indices(self, first: int, last: int) -> range:
         rank, world = distributed.rank_and_world(self.group)
         size = self.batching.batch_size
-        n_batches = math.ceil(self.n_masks / size)
-        first, last = rank * n_batches // world, (rank + 1) * n_batches // world
-        return range(first * size, min(last * size, self.n_masks))
+        n_batches = math.ceil((last - first) / size)
+        low, high = rank * n_batches // world, (rank + 1) * n_batches // world
+        return range(first + low * size, min(first + high * size, last))
+
+    def _reduce_pilot(self, pilot: torch.Tensor, total: int) -> tuple[torch.Tensor, int]:
+        if distributed.rank_and_world(self.group)[1] == 1:
+            return pilot, total
+        # integers: the sum is exact in any order, so every rank draws the next stage as one process would
+        scalar = torch.tensor([total], dtype=torch.int64, device=pilot.device)
+        for tensor in (pilot, scalar):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return pilot, int(scalar.item())
 
     def _reduce(self, sums: RiseSums) -> RiseSums:
         if distributed.rank_and_world(self.group)[1] == 1:

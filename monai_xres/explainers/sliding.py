@@ -28,7 +28,7 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.networks import first_head
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["check_inferer", "sliding_cam"]
+__all__ = ["check_inferer", "forward_recording", "importance_map", "pad_sizes", "sliding_cam"]
 
 Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
 
@@ -37,14 +37,19 @@ class WindowExplainer(Protocol):
     """What :func:`sliding_cam` needs of a CAM explainer (:class:`~monai_xres.explainers.cam.SegXResCAM`)."""
 
     network: Any
+    score_sign: float
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor: ...
 
     def resolve_regions(self, logits: torch.Tensor, targets: list[RegionTarget], affines: list) -> list: ...
 
 
-def check_inferer(inferer: Any) -> SlidingWindowInferer:
-    """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above."""
+def check_inferer(inferer: Any) -> Any:
+    """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above, or an
+    inferer that explains its own stitched output with a ``stitched_cam(cam, x, targets, affines, verbose)``
+    method returning what :func:`sliding_cam` returns (nnU-Net's, :mod:`monai_xres.apps.nnunet_inferer`)."""
+    if callable(getattr(inferer, "stitched_cam", None)):
+        return inferer
     if not isinstance(inferer, SlidingWindowInferer):
         raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
     if inferer.buffer_steps is not None and inferer.buffer_steps > 0:
@@ -52,7 +57,7 @@ def check_inferer(inferer: Any) -> SlidingWindowInferer:
     return inferer
 
 
-def _pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
+def pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
     """MONAI's symmetric padding of an image smaller than the window (F.pad order: last axis first)."""
     pad: list[int] = []
     for n, r in zip(reversed(spatial), reversed(roi)):
@@ -61,7 +66,7 @@ def _pad_sizes(spatial: tuple[int, ...], roi: tuple[int, ...]) -> list[int]:
     return pad
 
 
-def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...]):
+def forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...]):
     """Stitched logits from MONAI's sliding window inference, and the windows it used."""
     windows: list[Window] = []
 
@@ -77,7 +82,7 @@ def _forward_recording(network, x: torch.Tensor, inferer: SlidingWindowInferer, 
     return logits, windows
 
 
-def _importance(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
+def importance_map(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi: tuple[int, ...],
                 device: torch.device) -> torch.Tensor:
     valid = get_valid_patch_size(image_size, roi)
     if valid == roi and inferer.roi_weight_map is not None:
@@ -86,19 +91,21 @@ def _importance(inferer: SlidingWindowInferer, image_size: tuple[int, ...], roi:
                                   dtype=torch.float32)
 
 
-def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor]):
-    """dS/dL on the stitched output (elementwise, cheap), and the per-sample scores."""
+def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor],
+                     sign: float = 1.0):
+    """d(sign * S)/dL on the stitched output (elementwise, cheap), and the per-sample scores ``S``."""
     leaf = logits.detach().float().requires_grad_(True)
     with torch.enable_grad():
         scores = [t.score(leaf[i], regions[i]) for i, t in enumerate(targets)]
-        (grad,) = torch.autograd.grad(torch.stack(scores).sum(), leaf)
+        (grad,) = torch.autograd.grad(sign * torch.stack(scores).sum(), leaf)
     return grad, [float(s.detach()) for s in scores]
 
 
 def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarget], affines: list,
                 inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True):
-    """Signed Seg-XRes-CAM ``(B, 1, *spatial)`` of the stitched output; see the module docstring. An explainer
-    with several target layers gives ``(B, L, *spatial)``: each level's windows summed into its own channel.
+    """Signed Seg-XRes-CAM ``(B, n_maps, *spatial)`` of the stitched output (``cam.n_maps`` channels, default
+    1: one per variant of a shared-gradient CAM, one per level of an explainer with several target layers,
+    each channel's windows summed into it); see the module docstring.
 
     Args:
         skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
@@ -108,30 +115,30 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
     """
     spatial = tuple(x.shape[2:])
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
-    logits, windows = _forward_recording(cam.network, x, inferer, roi)
+    logits, windows = forward_recording(cam.network, x, inferer, roi)
     regions = cam.resolve_regions(logits, targets, affines)
-    grad, scores = _region_gradient(logits, targets, regions)
+    grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
 
-    pad = _pad_sizes(spatial, roi)
+    pad = pad_sizes(spatial, roi)
     image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
     x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
         if any(pad) else x
-    imp = _importance(inferer, image_size, roi, x.device)
+    imp = importance_map(inferer, image_size, roi, x.device)
     count = torch.zeros(image_size, device=x.device)
     for _, sl in windows:
         count[sl] += imp
     upstream = F.pad(grad, pad) / count if any(pad) else grad / count
 
     needed = [w for w in windows if not skip_empty or bool(upstream[(w[0], slice(None), *w[1])].any())]
-    total = torch.zeros((x.shape[0], 1, *image_size), device=x.device)
+    # one channel per map: several CAM variants can share each window's backward pass (cam_shared), and one
+    # explainer with several target layers keeps one channel per level
+    total = torch.zeros((x.shape[0], getattr(cam, "n_maps", 1), *image_size), device=x.device)
     step = max(1, int(inferer.sw_batch_size))
     for start in tqdm(range(0, len(needed), step), desc="windows", disable=None if verbose else True, leave=False):
         batch = needed[start:start + step]
         data = torch.cat([x_pad[(b, slice(None), *sl)][None] for b, sl in batch])
         up = torch.cat([(imp * upstream[(b, slice(None), *sl)])[None] for b, sl in batch])
         window_maps = resize_linear(cam.window_map(data, up), roi)
-        if window_maps.shape[1] != total.shape[1]:  # one map per target layer
-            total = total.expand(-1, window_maps.shape[1], *image_size).clone()
         for (b, sl), wmap in zip(batch, window_maps):
             total[(b, slice(None), *sl)] += wmap
     if any(pad):

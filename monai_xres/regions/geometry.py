@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["affine_matrix", "image_affine", "image_space", "label_file_on_grid", "point_to_voxel",
-           "world_box_to_voxels", "world_to_index"]
+__all__ = ["affine_matrix", "image_affine", "image_space", "label_file_on_grid", "point_to_voxel", "scan_affine",
+           "scan_box_corners", "world_box_to_voxels", "world_to_index"]
 
 
 def affine_matrix(affine: Any) -> np.ndarray:
@@ -42,6 +42,35 @@ def image_space(image: Any) -> str:
     """``"RAS"`` or ``"LPS"``: the world frame of the image's affine (MONAI's ``meta["space"]``, RAS by default)."""
     meta = getattr(image, "meta", {}) or {}
     return str(meta.get("space", "RAS"))
+
+
+def scan_affine(image: Any) -> np.ndarray | None:
+    """The voxel-to-world affine of the scan as loaded (MONAI's ``meta["original_affine"]``), before any
+    orientation, spacing or crop; None for a plain tensor (no geometry: its grid is the only one).
+
+    Raises:
+        ValueError: a MetaTensor moved by transforms that does not record its original affine.
+    """
+    if getattr(image, "affine", None) is None:
+        return None
+    original = (getattr(image, "meta", None) or {}).get("original_affine")
+    if original is not None:
+        return affine_matrix(original)
+    if not getattr(image, "applied_operations", None):
+        return image_affine(image)  # nothing moved the grid
+    raise ValueError("The image does not record its original affine (load it with MONAI's LoadImaged), so voxel "
+                     "indices of the scan cannot be placed: give the region in mm, or on the preprocessed grid.")
+
+
+def scan_box_corners(box: Sequence[Sequence[float]], scan: np.ndarray) -> np.ndarray:
+    """World positions ``(2^d, d)`` of the corners of a scan voxel box ``(start, end)`` (end exclusive): the
+    outer faces of its first and last voxels, at ``start - 0.5`` and ``end - 0.5`` in voxel units."""
+    from itertools import product
+
+    start, end = (np.asarray(v, dtype=np.float64) for v in box)
+    corners = np.array(list(product(*zip(start - 0.5, end - 0.5))), dtype=np.float64)
+    d = corners.shape[1]
+    return (scan @ np.vstack([corners.T, np.ones(len(corners))]))[:d].T
 
 
 def world_to_index(points: np.ndarray, affine: Any) -> np.ndarray:

@@ -80,8 +80,9 @@ def read_markup(path: str | os.PathLike, label: str | None = None) -> Markup:
         raise ValueError(f"Cannot read markups file {path!r} ({type(e).__name__}: {e}): give a Slicer "
                          "'.mrk.json' file (Slicer: Save, format 'Markups JSON').") from e
     markups = doc.get("markups") if isinstance(doc, dict) else None
-    if not isinstance(markups, list) or not markups:
-        raise ValueError(f"{path!r} is not a Slicer markups file: it has no 'markups' list.")
+    if not isinstance(markups, list) or not markups or not all(isinstance(m, dict) for m in markups):
+        raise ValueError(f"{path!r} is not a Slicer markups file: it needs a 'markups' list of markup objects "
+                         "(Slicer: Save, format 'Markups JSON').")
     for markup in markups:
         kind = markup.get("type")
         if kind not in (*_POINT_TYPES, "ROI"):
@@ -91,7 +92,7 @@ def read_markup(path: str | os.PathLike, label: str | None = None) -> Markup:
             return Markup("roi", _roi_corners(markup, path) * scale, space, str(markup.get("name", "")), path)
         point = _control_point(markup, label) if kind != "ROI" else None
         if point is not None:
-            position = np.asarray(point["position"], dtype=np.float64)[None] * scale
+            position = _numbers(point["position"], 3, path, "control point position")[None] * scale
             return Markup("point", position, space, str(point.get("label", "")), path)
     which = f" labelled {label!r}" if label is not None else ""
     kinds = [m.get("type") for m in markups]
@@ -111,7 +112,8 @@ def _frame(markup: dict, path: str) -> tuple[str, float]:
 
 def _control_point(markup: dict, label: str | None) -> dict[str, Any] | None:
     for point in markup.get("controlPoints", []):
-        if point.get("positionStatus", "defined") != "defined" or "position" not in point:
+        if not isinstance(point, dict) or point.get("positionStatus", "defined") != "defined" or \
+                "position" not in point:
             continue  # Slicer keeps unplaced points with no meaningful position
         if label is None or point.get("label") == label or markup.get("name") == label:
             return point
@@ -127,14 +129,25 @@ def _roi_corners(markup: dict, path: str) -> np.ndarray:
     if markup.get("insideOut", False):
         raise ValueError(f"{path!r}: an inside-out ROI selects everything but a box; turn 'Inside out' off.")
     if "center" in markup and "size" in markup:
-        center = np.asarray(markup["center"], dtype=np.float64)
-        half = np.asarray(markup["size"], dtype=np.float64) / 2
-        axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
+        center = _numbers(markup["center"], 3, path, "ROI center")
+        half = _numbers(markup["size"], 3, path, "ROI size") / 2
+        axes = _numbers(markup.get("orientation", np.eye(3).ravel()), 9, path, "ROI orientation").reshape(3, 3)
         corners = [center + axes @ (half * np.array(signs)) for signs in product((-1.0, 1.0), repeat=3)]
         return np.stack(corners)
     points = [p["position"] for p in markup.get("controlPoints", []) if "position" in p]
     if not points:
         raise ValueError(f"{path!r}: the ROI has neither center/size nor control points.")
-    pts = np.asarray(points, dtype=np.float64)
+    pts = np.stack([_numbers(p, 3, path, "ROI control point") for p in points])
     lo, hi = pts.min(0), pts.max(0)
     return np.stack([np.where(np.array(s) > 0, hi, lo) for s in product((-1, 1), repeat=3)])
+
+
+def _numbers(value: Any, count: int, path: str, what: str) -> np.ndarray:
+    """``count`` finite numbers from a markup field, or a ValueError naming the file and the field."""
+    try:
+        values = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.size != count or not np.isfinite(values).all():
+        raise ValueError(f"{path!r}: the {what} {value!r} is not {count} finite numbers: re-save the markup in Slicer.")
+    return values

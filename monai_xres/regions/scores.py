@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["batch_class_mask", "count_true", "dice", "predicted_class_mask"]
+__all__ = ["batch_class_mask", "count_true", "decision_mask", "decision_probability", "dice", "predicted_class_mask"]
 
 
 def predicted_class_mask(logits: torch.Tensor, class_index: int) -> torch.Tensor:
@@ -51,3 +51,20 @@ def dice(intersection: torch.Tensor, size_a: torch.Tensor | float, size_b: torch
     intersection = torch.as_tensor(intersection, dtype=torch.float64)
     total = torch.as_tensor(size_a, dtype=torch.float64) + torch.as_tensor(size_b, dtype=torch.float64)
     return torch.where(total > 0, 2 * intersection / total.clamp_min(1e-300), torch.ones_like(total))
+
+
+def decision_mask(out: torch.Tensor, class_index: int, contrast_class: int | None = None) -> torch.Tensor:
+    """The voxels a Dice score counts as the class, bool ``(B, *spatial)`` of outputs ``(B, C, *spatial)``:
+    :func:`batch_class_mask`, or, against ``contrast_class`` ``B``, the voxels where ``A`` beats ``B``
+    (``logit_A > logit_B``: the two-class decision "A rather than B")."""
+    if contrast_class is None:
+        return batch_class_mask(out, class_index)
+    return out[:, class_index] > out[:, contrast_class]
+
+
+def decision_probability(out: torch.Tensor, class_index: int, contrast_class: int | None = None) -> torch.Tensor:
+    """The soft version of :func:`decision_mask`, ``(B, *spatial)``: softmax (sigmoid for one channel) of the
+    class, or ``sigmoid(logit_A - logit_B)``, the probability of ``A`` against ``B`` alone."""
+    if contrast_class is not None:
+        return (out[:, class_index] - out[:, contrast_class]).sigmoid()
+    return out[:, 0].sigmoid() if out.shape[1] == 1 else out.softmax(1)[:, class_index]

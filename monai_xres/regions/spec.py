@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from typing import Any
 
@@ -21,6 +21,8 @@ from monai_xres.regions.geometry import (
     image_space,
     label_file_on_grid,
     point_to_voxel,
+    scan_affine,
+    scan_box_corners,
     world_box_to_voxels,
 )
 from monai_xres.regions.markups import read_markup
@@ -50,11 +52,16 @@ class RegionSpec:
             file path on the scan's own grid, which is placed on the preprocessed grid through world
             coordinates (``ResampleToMatch``, nearest).
         label_value: with ``region_key``, the label selecting the region.
-        box: ``(start, end)`` voxel indices of the preprocessed grid (end exclusive), or two opposite
-            corners in world mm when ``box_in_mm``.
+        box: ``(start, end)`` voxel indices (end exclusive) on ``voxel_grid``, or two opposite corners in
+            world mm when ``box_in_mm``.
         box_in_mm: ``box`` is in world mm, in the image's space (``meta["space"]``, RAS in MONAI).
-        point: a voxel index of the preprocessed grid, or world mm when ``point_in_mm``.
+        point: a voxel index on ``voxel_grid``, or world mm when ``point_in_mm``.
         point_in_mm: ``point`` is in world mm, in the image's space.
+        voxel_grid: the grid voxel indices refer to: ``"scan"`` (default), the scan as stored, i.e. the IJK
+            a user reads off the scan in 3D Slicer or ITK-SNAP, placed on the preprocessed grid through
+            world coordinates (a scan box covers the outer faces of its voxels, ``start - 0.5`` to
+            ``end - 0.5``; the preprocessed voxels whose centres lie inside are kept); or
+            ``"preprocessed"``, the grid the network sees (after orientation, spacing, crops).
         markup: a 3D Slicer ``.mrk.json`` file holding a point or an ROI.
         markup_key: data key holding each case's markups file path.
         markup_label: the control point label or markup name to use (default: the first).
@@ -62,6 +69,9 @@ class RegionSpec:
         restrict_to_prediction: intersect the region with the predicted class (see ``RegionTarget``).
         softmax: score probabilities instead of logits (see ``RegionTarget``).
         name: short name used in output keys and file names (default: derived from the region).
+        contrast_class, border_class, border_mm, rim, rim_mm: contrastive, border and rim targets (see
+            :class:`~monai_xres.regions.RegionTarget`); the default name then says so (``class1-vs2``,
+            ``class1-border2``, ``class1-rim-inner3mm``).
 
     A markup ROI becomes a voxel box: the voxels whose centres lie in the ROI's axis-aligned hull on the
     preprocessed grid, clipped to the scan (see :func:`world_box_to_voxels`).
@@ -81,8 +91,16 @@ class RegionSpec:
     restrict_to_prediction: bool = True
     softmax: bool = False
     name: str | None = None
+    voxel_grid: str = "scan"
+    contrast_class: int | None = None
+    border_class: int | None = None
+    border_mm: float | None = None
+    rim: str | None = None
+    rim_mm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.voxel_grid not in ("scan", "preprocessed"):
+            raise ValueError(f"voxel_grid must be 'scan' or 'preprocessed', got {self.voxel_grid!r}.")
         given = [k for k in ("region_key", "box", "point", "markup", "markup_key") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"Give one region source, not {given}.")
@@ -90,13 +108,21 @@ class RegionSpec:
             raise ValueError("label_value selects a label in a label map: give region_key=... too.")
         if self.connected and not {"point", "markup", "markup_key"} & set(given):
             raise ValueError("connected=True takes the component under a point: give point=... or a markup.")
-        RegionTarget(self.class_index)  # validates the class index early
+        RegionTarget(self.class_index, **self._target_fields())  # validates the class and target fields early
+
+    def _target_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("contrast_class", "border_class", "border_mm", "rim", "rim_mm")}
 
     @property
     def label(self) -> str:
         """The name used in keys and file names, e.g. ``class1``, ``label3``, ``box``, ``markup``."""
         if self.name:
             return self.name
+        return self._base_label() + "".join(f"-{text}" for text, value in (
+            (f"vs{self.contrast_class}", self.contrast_class), (f"border{self.border_class}", self.border_class),
+            (f"rim-{self.rim}{self.rim_mm:g}mm" if self.rim else "", self.rim)) if value is not None)
+
+    def _base_label(self) -> str:
         if self.region_key is not None:
             return f"{self.region_key}{self.label_value if self.label_value is not None else ''}"
         for kind in ("box", "point", "markup", "markup_key"):
@@ -106,7 +132,7 @@ class RegionSpec:
 
     def describe(self) -> dict:
         """JSON-friendly description, for provenance sidecars."""
-        out = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v is not False}  # keeps class 0
         out["class_index"] = self.class_index
         return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in out.items()}
 
@@ -117,8 +143,20 @@ class RegionSpec:
             ValueError: a missing key, an unreadable markups file, a point or ROI outside the scan, or a
                 world position without an image affine.
         """
+        target, facts = self._resolve(data, image)
+        if (self.border_mm is None and self.rim_mm is None) or getattr(image, "affine", None) is None:
+            return target, facts
+        # widths in mm need the grid's affine; a voxel point is then given in mm, as the target reads it
+        affine = image_affine(image)
+        if target.point is not None:
+            voxel = np.append(np.asarray(target.point, dtype=np.float64), 1.0)
+            return replace(target, point=(affine @ voxel)[:-1].tolist(), affine=affine), facts
+        return replace(target, affine=affine), facts
+
+    def _resolve(self, data: Mapping, image: torch.Tensor) -> tuple[RegionTarget, dict]:
         spatial = tuple(image.shape[1:])
-        common = {"restrict_to_prediction": self.restrict_to_prediction, "softmax": self.softmax}
+        common = {"restrict_to_prediction": self.restrict_to_prediction, "softmax": self.softmax,
+                  **self._target_fields()}
         if self.region_key is not None:
             if self.region_key not in data:
                 raise ValueError(f"Region key {self.region_key!r} is missing from the data (keys: {list(data)}): "
@@ -133,13 +171,17 @@ class RegionSpec:
                 value = label_file_on_grid(value, image)
             return RegionTarget(self.class_index, **{field: value}, label_value=self.label_value, **common), facts
         if self.box is not None:
-            box = self.box
+            box, scan = self.box, None if self.box_in_mm or self.voxel_grid == "preprocessed" else scan_affine(image)
             if self.box_in_mm:
                 corners = np.array(list(product(*zip(*self.box))), dtype=np.float64)
                 box = world_box_to_voxels(corners, image_affine(image), spatial)
+            elif scan is not None:
+                box = world_box_to_voxels(scan_box_corners(_whole(box, "box"), scan), image_affine(image), spatial)
             return RegionTarget(self.class_index, box=box, **common), {"box_voxels": _plain(box)}
         if self.point is not None:
-            voxel = _voxel(self.point, image, self.point_in_mm)
+            scan = None if self.point_in_mm or self.voxel_grid == "preprocessed" else scan_affine(image)
+            point = self.point if scan is None else _to_world(_whole([self.point], "point")[0], scan)
+            voxel = _voxel(point, image, self.point_in_mm or scan is not None)
             return RegionTarget(self.class_index, point=voxel, connected=self.connected, **common), \
                 {"point_voxel": list(voxel)}
         if self.markup is not None or self.markup_key is not None:
@@ -189,3 +231,17 @@ def _plain(box: Sequence[Sequence[float]]) -> list[list[float]]:
 
 def _voxel(point: Sequence[float], image: torch.Tensor, in_mm: bool) -> tuple[int, ...]:
     return point_to_voxel(point, tuple(image.shape[1:]), image_affine(image) if in_mm else None, image_space(image))
+
+
+def _whole(corners: Sequence[Sequence[float]], what: str) -> list[list[int]]:
+    """Voxel indices as whole numbers (a voxel index of the scan is an integer), finite."""
+    values = np.asarray(corners, dtype=np.float64)
+    if not np.isfinite(values).all() or not np.allclose(values, np.rint(values), atol=1e-9):
+        raise ValueError(f"The {what} {values.tolist()} must be whole voxel indices of the scan: give integers, or "
+                         "positions in mm.")
+    return np.rint(values).astype(int).tolist()
+
+
+def _to_world(index: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    d = len(index)
+    return (affine @ np.append(np.asarray(index, dtype=np.float64), 1.0))[:d]

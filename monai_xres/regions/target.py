@@ -7,6 +7,7 @@ on the output grid, and scores that output as the sum of the class-``c`` logits 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from monai_xres.regions.borders import check_border_fields, refine_region, score_area
 from monai_xres.regions.geometry import point_to_voxel
-from monai_xres.regions.scores import predicted_class_mask
+from monai_xres.regions.instances import Instance, target_instances
+from monai_xres.regions.scores import decision_mask, decision_probability, predicted_class_mask
 
 __all__ = ["RegionTarget", "as_target_list"]
 
@@ -48,8 +51,19 @@ class RegionTarget:
         restrict_to_prediction: intersect the region with ``argmax == c`` (the published
             ``M = (argmax == c) ∩ region``). False explains the raw logits everywhere in the region.
         softmax: score softmax probabilities of class ``c`` instead of raw logits.
+        weights: float map on the output grid (may be negative): the score becomes ``sum_M w * logit_c``,
+            and the region keeps only voxels with ``w != 0``. Set ``restrict_to_prediction=False`` to keep
+            weights off the predicted class (e.g. a negative ring around it).
+        contrast_class: class ``B``: the score is ``sum_M w * (logit_c - logit_B)``, why ``c`` rather than ``B``
+            (probabilities with ``softmax``); Dice-based RISE scores count a voxel as ``c`` where ``logit_c >
+            logit_B``.
+        border_class: class ``B``: the region narrows to its voxels that touch the predicted ``B`` (face
+            neighbours), or lie within ``border_mm`` of it.
+        border_mm, rim_mm: widths in mm (they need the grid's affine).
+        rim: ``"inner"`` or ``"outer"``: the band of the region of width ``rim_mm`` inside or just outside it.
 
-    No region means every voxel predicted as ``c``: Seg-Grad-CAM's whole-class target.
+    No region means every voxel predicted as ``c``: Seg-Grad-CAM's whole-class target. Border and rim
+    targets are documented in :mod:`monai_xres.regions.borders`.
     """
 
     class_index: int
@@ -63,6 +77,12 @@ class RegionTarget:
     label_value: int | None = None
     restrict_to_prediction: bool = True
     softmax: bool = False
+    weights: ArrayLike | None = None
+    contrast_class: int | None = None
+    border_class: int | None = None
+    border_mm: float | None = None
+    rim: str | None = None
+    rim_mm: float | None = None
     _kinds: tuple[str, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
@@ -77,6 +97,7 @@ class RegionTarget:
             self.point_in_mm = True
         if self.connected and self.point is None:
             raise ValueError("connected=True selects the component under a point: give point=... too.")
+        check_border_fields(self)
 
     @property
     def kind(self) -> str:
@@ -94,6 +115,11 @@ class RegionTarget:
                        connected=self.connected)
         if self.label_map is not None:
             out["label_value"] = self._label_value
+        for name in ("contrast_class", "border_class", "border_mm", "rim", "rim_mm"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.weights is not None:
+            out["weights"] = "map"
         return out
 
     @property
@@ -124,9 +150,44 @@ class RegionTarget:
         region = self._raw_region(spatial, logits.device, affine, predicted)
         if self.restrict_to_prediction:
             region = region & predicted
+        if self.weights is not None:
+            region = region & (self._weight_map(spatial, logits.device) != 0)
+        region = refine_region(self, region, logits, self._affine(affine))
         if not bool(region.any()):
             raise ValueError(self._empty_message(predicted_class_mask(logits, self.class_index)))
         return region
+
+    def _affine(self, affine: ArrayLike | None) -> ArrayLike | None:
+        return self.affine if self.affine is not None else affine
+
+    def _weight_map(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return self._on_grid(_as_tensor(self.weights, device), spatial, "weights").float()
+
+    def score_area(self, logits: torch.Tensor, affine: ArrayLike | None = None) -> torch.Tensor:
+        """``W``: the voxels where a Dice score compares predictions (bool ``spatial``): the region before its
+        intersection with the prediction, or for border and rim targets the band on both sides of the
+        boundary (:func:`~monai_xres.regions.borders.score_area`)."""
+        plain = dataclasses.replace(self, restrict_to_prediction=False, border_class=None, border_mm=None, rim=None,
+                                    rim_mm=None, weights=None)
+        return score_area(self, logits, self._affine(affine), plain.region(logits, affine))
+
+    def decision(self, out: torch.Tensor, soft: bool = False) -> torch.Tensor:
+        """What a Dice score counts as the class in outputs ``(B, C, *spatial)``: bool ``argmax == c`` (``c``
+        beating ``contrast_class`` for a contrastive target), or with ``soft`` its probability."""
+        if soft:
+            return decision_probability(out, self.class_index, self.contrast_class)
+        return decision_mask(out, self.class_index, self.contrast_class)
+
+    def instances(self, logits: torch.Tensor, truth: ArrayLike | None = None, affine: ArrayLike | None = None,
+                  min_voxels: int = 1, min_ml: float | None = None, truth_value: int | None = None,
+                  connectivity: int = 1) -> list[tuple[Instance, RegionTarget]]:
+        """Every connected component of the predicted class in this target's region or, with ``truth`` (label
+        map or mask on the output grid, class ``truth == truth_value``, default ``c``), every TP, FP and FN
+        component, each with its fixed-region target (:func:`~monai_xres.regions.instances.target_instances`:
+        ``min_voxels``/``min_ml`` the smallest kept, ``affine`` the grid's, ``connectivity`` 1 to ``ndim``)."""
+        found = target_instances(self, logits, truth, self._affine(affine), min_voxels, min_ml, truth_value,
+                                 connectivity)
+        return [(instance, self.frozen(instance.mask)) for instance in found]
 
     def _raw_region(self, spatial: tuple[int, ...], device: torch.device, affine: ArrayLike | None,
                     predicted: torch.Tensor | None) -> torch.Tensor:
@@ -202,10 +263,12 @@ class RegionTarget:
     def frozen(self, region: torch.Tensor) -> RegionTarget:
         """This target with its region fixed to ``region`` (bool ``spatial``): the same voxels whatever a
         later (perturbed, randomised, windowed) prediction says, scored like this target."""
-        return RegionTarget(self.class_index, mask=region, restrict_to_prediction=False, softmax=self.softmax)
+        return RegionTarget(self.class_index, mask=region, restrict_to_prediction=False, softmax=self.softmax,
+                            weights=self.weights, contrast_class=self.contrast_class, affine=self.affine)
 
     def score(self, logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-        """Sum of the class-``c`` logits (or softmax probabilities) over ``region``.
+        """Sum of the class-``c`` logits (or softmax probabilities) over ``region``, times ``weights``, less
+        those of ``contrast_class``.
 
         Args:
             logits: one sample's output ``(C, *spatial)``, differentiable.
@@ -217,7 +280,11 @@ class RegionTarget:
         values = logits
         if self.softmax:
             values = logits.sigmoid() if logits.shape[0] == 1 else logits.softmax(0)
-        return (values[self.class_index] * region.to(values.dtype)).sum()
+        values = values[self.class_index] - (0 if self.contrast_class is None else values[self.contrast_class])
+        weight = region.to(values.dtype)
+        if self.weights is not None:
+            weight = weight * self._weight_map(tuple(region.shape), values.device).to(values.dtype)
+        return (values * weight).sum()
 
 
 def as_target_list(target: RegionTarget | Sequence[RegionTarget] | int, batch_size: int) -> list[RegionTarget]:
