@@ -23,7 +23,7 @@ from typing import Any
 
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
-from monai_xres.apps.runner import method_configs, run_bundle
+from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
 from monai_xres.cli_output import report_cohort, report_written
 from monai_xres.cli_parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
@@ -44,7 +44,7 @@ def _methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             print(f"monai-xres: note: --method {name} is deprecated, use --method {canonical}", file=sys.stderr)
         names.append(canonical)
     return method_configs(names, pool_size=args.pool_size, pool_mode=args.pool_mode, n_masks=args.n_masks,
-                          counterfactual=args.counterfactual or None)
+                          counterfactual=args.counterfactual or None, target_layer=args.layer)
 
 
 def _region(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,9 +262,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         _checked(checks.check_scan, _existing(path, "file"))
     value = args.class_index if args.label_value is None else args.label_value
     regions = [{"class_index": args.class_index, "region_key": "label", "label_value": value}]
+    layers = checked_layers(bundle, args.layers)  # an unknown layer: exit 2 before anything runs
+    methods = None if args.methods is None else [get_method(m).name for m in args.methods]
     with output_lock(output_dir):
         evaluate_bundle(bundle, images, labels, output_dir, regions, args.rise_masks, args.steps,
-                        args.randomisation_steps, args.halves)
+                        args.randomisation_steps, args.halves, layers, methods, not args.no_baselines)
     print(f"Wrote {os.path.join(output_dir, 'faithfulness.md')} (+ .csv, curves, PNG plots)")
     print(Path(output_dir, "faithfulness.md").read_text())
     return 0

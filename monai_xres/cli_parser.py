@@ -9,6 +9,7 @@ import argparse
 import math
 
 from monai_xres.explainers.registry import default_method, method_choices
+from monai_xres.networks import LEVEL_ALIASES
 
 __all__ = ["build_parser"]
 
@@ -90,6 +91,8 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                     f"{default_method()})")
     ex.add_argument("--pool-size", type=_whole(1), nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
     ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
+    ex.add_argument("--layer", help=f"CAM target layer: a level alias ({LEVEL_ALIASES}), a dotted module name, or "
+                    "'a+b' for a multi-layer map (default: the network type's default)")
     ex.add_argument("--n-masks", type=_whole(1), help="RISE masks (default 200)")
     ex.add_argument("--counterfactual", action="store_true", help="explain what speaks against the class in the "
                     "region (CAMs: the gradient of -S; RISE: weights 1 - score); files end in -counterfactual")
@@ -143,5 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=_whole(1), default=10, help="deletion/insertion steps")
     ev.add_argument("--randomisation-steps", type=_whole(1), default=2)
     ev.add_argument("--halves", action="store_true", help="also explain half of each region (locality)")
+    ev.add_argument("--layers", nargs="+", help="layer sweep: CAM rows '<method> @ <layer>' for each level alias, "
+                    "dotted name or 'a+b' multi-layer map; 'all' = every level of the network (default: the "
+                    "default layer)")
+    ev.add_argument("--methods", nargs="+", choices=method_choices(), metavar="METHOD",
+                    help=f"methods to compare, of {', '.join(method_choices())} (default: all, every variant)")
+    ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
     return parser

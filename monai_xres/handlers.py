@@ -241,7 +241,8 @@ class SaliencyWriter:
         centre = overlay_centre(sal, reg > 0.5)
         files = {"saliency": final}
         if self.overlay:
-            save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}")
+            save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}",
+                         str(maps["saliency"].meta.get("space", "RAS")))
             files["overlay"] = f"{stem}.png"
         if self.write_sidecar:
             world = (affine @ np.append(np.asarray(centre, dtype=np.float64), 1.0))[: len(centre)]

@@ -154,3 +154,18 @@ def test_train_config_runs(name, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
+
+
+def test_explain_overlay_takes_the_layer_by_alias(tmp_path):
+    """``--explain_layer`` reaches every CAM of the shipped overlay: one alias, or several levels in one map."""
+    name = "ct_spleen_unet3d"
+    image = case_paths(str(SAMPLE_DIR), 903)["image"]
+    _run(name, [str(_bundle(name) / "configs" / "explain.json")], datalist=[image], output_dir=str(tmp_path),
+         explain_layer=["decoder2", "decoder1"], explain_rise=True, explain_rise_masks=4)
+    sidecars = {p.name.split("_")[2]: json.loads(p.read_text()) for p in (tmp_path / "case_0903").glob("*.json")}
+    assert set(sidecars) == {"segxrescam-w1", "segxrescam-w2", "seggradcam", "segrise"}
+    for method in ("segxrescam-w1", "segxrescam-w2", "seggradcam"):
+        assert sidecars[method]["method"]["target_layer"] == ["model.1.submodule.1.submodule.2", "model.1.submodule.2"]
+        assert sidecars[method]["method"]["combine"] == "mean"
+        assert "shared_gradient" not in sidecars[method]  # a multi-layer CAM runs alone (cam_shared)
+    assert "target_layer" not in sidecars["segrise"]["method"]

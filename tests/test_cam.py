@@ -9,7 +9,7 @@ from skimage.measure import block_reduce
 from skimage.transform import resize
 from torch import nn
 
-from monai_xres import HiResCAM, RegionTarget, SegGradCAM, SegXResCAM, normalize, pool_gradient
+from monai_xres import HiResCAM, RegionTarget, SegGradCAM, SegXResCAM, normalize, pool_gradient, resolve_layer
 
 
 def _reference_pool(grad: np.ndarray, window, mode: str) -> np.ndarray:
@@ -65,13 +65,14 @@ def _plain_autograd_map(net, layer, x, cls, box, window):
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("window", [1, 2])
-def test_map_equals_plain_autograd_route(dims, window):
+@pytest.mark.parametrize("layer", ["bottleneck", "decoder1", "head-input"])
+def test_map_equals_plain_autograd_route(dims, window, layer):
     net = _unet(dims)
     x = torch.randn(1, 1, *(20, 24, 12)[:dims])
     box = ((4, 6, 2)[:dims], (12, 16, 8)[:dims])
     target = RegionTarget(2, box=box, restrict_to_prediction=False)
-    ours = SegXResCAM(net, pool_size=window)(x, target)
-    ref = _plain_autograd_map(net, net.model[1].submodule[1].submodule, x, 2, box, window)
+    ours = SegXResCAM(net, layer, pool_size=window)(x, target)
+    ref = _plain_autograd_map(net, net.get_submodule(resolve_layer(net, layer).name), x, 2, box, window)
     # float32 network, float64 reference pooling: agreement to float32 rounding of the sums
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
 
@@ -111,8 +112,8 @@ def test_seg_grad_cam_is_global_mean_weighting():
     net = _unet(2)
     x = torch.randn(1, 1, 16, 16)
     target = RegionTarget(1, restrict_to_prediction=False)
-    a = SegGradCAM(net)(x, target)
-    b = SegXResCAM(net, pool_size=(4, 4))(x, target)  # the bottleneck grid is 4x4: one window is global
+    a = SegGradCAM(net, "bottleneck")(x, target)
+    b = SegXResCAM(net, "bottleneck", pool_size=(4, 4))(x, target)  # the bottleneck grid is 4x4: one window is global
     torch.testing.assert_close(a, b)
     assert SegGradCAM(net).params()["pool_size"] == "global"
     assert HiResCAM(net).params()["pool_size"] == 1
@@ -126,7 +127,9 @@ def test_batch_with_a_target_per_sample_equals_separate_calls():
     cam = SegXResCAM(net, pool_size=2)
     batch = cam(x, targets)
     for i in range(2):
-        torch.testing.assert_close(batch[i : i + 1], cam(x[i : i + 1], targets[i]), rtol=1e-5, atol=1e-7)
+        # batched float32 convolutions may take other kernels: equal to their last bits, relative to the map
+        torch.testing.assert_close(batch[i : i + 1], cam(x[i : i + 1], targets[i]), rtol=1e-5,
+                                   atol=1e-5 * float(batch.abs().max()))
 
 
 def test_same_map_under_no_grad_and_inference_mode():

@@ -157,3 +157,21 @@ def test_counterfactual_variants_share_among_themselves_only(small_unet):
     together = shared.split(shared.attribute(x, target))
     for name, explainer in against.items():
         assert torch.equal(together[name].saliency, explainer.attribute(x, target).saliency), name
+
+
+def test_multi_layer_cams_share_with_none_and_keep_their_own_maps(small_unet):
+    """A CAM of several target layers runs alone (its own one forward and backward for all its levels), and
+    the single-layer variants beside it still share: every map is the one its explainer makes alone."""
+    net = small_unet(3, out_channels=2)
+    x = torch.randn(1, 1, 32, 24, 16, generator=torch.Generator().manual_seed(3))
+    target = RegionTarget(1, box=((8, 6, 4), (20, 18, 12)), restrict_to_prediction=False)
+    explainers = {"multi": SegXResCAM(net, ["bottleneck", "decoder1"], pool_size=2),
+                  "multi-w1": HiResCAM(net, "bottleneck+decoder1"), "w1": HiResCAM(net, "bottleneck"),
+                  "w2": SegXResCAM(net, "bottleneck", pool_size=2)}
+    assert not shares_gradient(explainers["multi"], explainers["multi-w1"])
+    assert not shares_gradient(explainers["w1"], explainers["multi-w1"])  # same first layer, not the same map
+    assert [names for names, _ in group_by_gradient(explainers)] == [["multi"], ["multi-w1"], ["w1", "w2"]]
+    together = explain_all(explainers, x, target)
+    for name, explainer in explainers.items():
+        assert torch.equal(together[name].saliency, explainer.attribute(x, target).saliency), name
+    assert float(together["multi"].saliency.max()) > 0

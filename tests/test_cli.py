@@ -85,3 +85,35 @@ def test_evaluate_command_writes_a_table_with_every_method_and_metric(tmp_path, 
         header = f.readline()
     for metric in metric_names(EvaluationSettings(n_steps=2, randomisation_steps=1)):
         assert metric in header, metric
+
+
+def test_layer_by_alias_on_the_command_line_and_bad_layers_exit_2(tmp_path, capsys):
+    bundle = str(REPO_ROOT / "bundles" / "ct_spleen_unet3d")
+    args = ["explain", "--bundle", bundle, "--image", str(DEMO_CASE), "--class", "1", "--method", "segxrescam",
+            "--output-dir", str(tmp_path)]
+    assert main([*args, "--layer", "decoder1"]) == 0
+    (sidecar,) = (tmp_path / "case_0900").glob("*segxrescam*.json")
+    assert json.loads(sidecar.read_text())["method"]["target_layer"] == "model.1.submodule.2"
+    _aligned_and_nontrivial(sidecar.with_name(sidecar.name.replace(".json", ".nii.gz")), DEMO_CASE)
+    capsys.readouterr()
+    assert main([*args, "--layer", "decoder9"]) == 2
+    err = capsys.readouterr().err
+    assert "No layer named 'decoder9' in UNet; its levels: bottleneck, decoder3" in err
+    assert len(err.strip().splitlines()) == 1
+    label = str(DEMO_CASE).replace("images", "labels")
+    assert main(["evaluate", "--image", str(DEMO_CASE), "--label", label, "--layers", "bottleneck", "nope",
+                 "--output-dir", str(tmp_path / "ev")]) == 2
+    assert "No layer named 'nope'" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+def test_evaluate_sweeps_layers_and_methods_in_one_table_with_baselines(tmp_path, capsys):
+    from monai_xres.metrics.baselines import BASELINES
+
+    label = str(DEMO_CASE).replace("images", "labels")
+    assert main(["evaluate", "--image", str(DEMO_CASE), "--label", label, "--layers", "bottleneck",
+                 "decoder2+decoder1", "--methods", "hirescam", "--steps", "2", "--randomisation-steps", "1",
+                 "--output-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "faithfulness.csv") as f:
+        rows = [line.split(",")[1] for line in f.read().splitlines()[1:]]
+    assert rows == ["HiResCAM @ bottleneck", "HiResCAM @ decoder2+decoder1", *BASELINES.values()]

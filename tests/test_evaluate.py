@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai_xres import RegionTarget
 from monai_xres.evaluation import EvaluationSettings, default_methods, evaluate, metric_names
 from monai_xres.evaluation.run import _half
+from monai_xres.metrics.baselines import BASELINES
 
 SETTINGS = EvaluationSettings(n_steps=3, dilations=(0, 2), distances=(0, 3), randomisation_steps=2, batch_size=4)
 
@@ -34,9 +35,10 @@ def test_evaluate_writes_a_table_with_every_method_and_metric(small_unet, tmp_pa
     result = evaluate(_cases(net), net, methods, output_dir=tmp_path, settings=SETTINGS, verbose=False)
     metrics = metric_names(SETTINGS)
     assert result.methods == ["Seg-Grad-CAM", "HiResCAM", "Seg-XRes-CAM mean w2", "Seg-XRes-CAM max w2",
-                              "Seg-XRes-CAM mean w4", "Seg-XRes-CAM max w4", "RISE", "RISE centred"]
-    assert result.metrics == metrics and len(metrics) == 15 and metrics[-1] == "context_radius_mm"
-    assert len(result.records) == 2 * 2 * len(methods)  # cases x classes 1, 2 x methods
+                              "Seg-XRes-CAM mean w4", "Seg-XRes-CAM max w4", "RISE", "RISE centred",
+                              *BASELINES.values()]
+    assert result.metrics == metrics and len(metrics) == 22 and metrics[-1] == "context_radius_mm"
+    assert len(result.records) == 2 * 2 * (len(methods) + len(BASELINES))  # cases x classes 1, 2 x rows
     for record in result.records:
         undefined = {"spearman_vs_reference"} if record["method"] == SETTINGS.reference else set()
         undefined.add("context_radius_mm")  # inf when no tested margin suffices (checked below)
@@ -55,7 +57,7 @@ def test_evaluate_writes_a_table_with_every_method_and_metric(small_unet, tmp_pa
         assert len(list(csv.DictReader(f))) == len(result.records)
     table = (tmp_path / "faithfulness.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| method"))
-    assert header.count("|") == len(metrics) + 3  # method, n, one column per metric
+    assert header.count("|") == len(metrics) + 4  # method, n, one column per metric, beats all baselines
     assert all(f"| {m} |" in table for m in result.methods)
     for name in ("deletion_insertion", "masking", "randomisation", "locality"):
         assert (tmp_path / f"faithfulness_{name}.png").stat().st_size > 10_000
@@ -71,7 +73,7 @@ def test_regions_that_miss_the_prediction_are_skipped_and_halves_get_their_own_r
                {"class_index": 2, "region_key": "label", "label_value": 1, "name": "wrong"}]  # class 2 in label 1
     methods = {k: v for k, v in default_methods().items() if k in ("Seg-Grad-CAM", "HiResCAM")}
     settings = EvaluationSettings(n_steps=2, dilations=(0,), distances=(0,), randomisation_steps=1,
-                                  randomise=["HiResCAM"], reference="HiResCAM", halves=True)
+                                  randomise=["HiResCAM"], reference="HiResCAM", halves=True, baselines=False)
     result = evaluate(cases, net, methods, regions, tmp_path, settings, verbose=False)
     assert {(r["region"], r["part"]) for r in result.records} == {("organ", "whole"), ("organ half", "half")}
     assert result.parts == ["whole", "half"] and [row["n"] for row in result.summary("half")] == [1, 1]
@@ -112,7 +114,7 @@ def test_evaluate_is_deterministic(small_unet):
     methods = {k: v for k, v in default_methods(rise_masks=4, rise_grid=4).items() if k in ("HiResCAM", "RISE")}
     settings = EvaluationSettings(n_steps=2, dilations=(0,), distances=(0,), randomisation_steps=1, reference="RISE")
     runs = [evaluate(_cases(net)[:1], net, methods, settings=settings, verbose=False).records for _ in range(2)]
-    assert len(runs[0]) == 4
+    assert len(runs[0]) == 2 * (2 + len(BASELINES))
     for a, b in zip(*runs):
         assert a.keys() == b.keys()
         assert all(a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a)

@@ -72,13 +72,15 @@ def _same_state(a, b):
     return all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and a[1:] == b[1:]
 
 
-@pytest.mark.parametrize("shape, n, sliding", [((64, 64, 32), 20, False), ((48, 48, 24), 12, True)])
-def test_cam_of_many_instances_in_one_pass_equals_separate_runs(small_unet, shape, n, sliding):
-    """One forward and a batched backward (per window with a sliding inferer) give each instance's own map.
-    Tolerance: float32 rounding of the backward, 1e-5 of the map's range."""
+@pytest.mark.parametrize("shape, n, sliding, against", [
+    ((64, 64, 32), 20, False, False), ((48, 48, 24), 12, True, False),
+    ((48, 48, 24), 6, False, True), ((48, 48, 24), 6, True, True)])
+def test_cam_of_many_instances_in_one_pass_equals_separate_runs(small_unet, shape, n, sliding, against):
+    """One forward and a batched backward (per window with a sliding inferer) give each instance's own map,
+    counterfactual ones too. Tolerance: float32 rounding of the backward, 1e-5 of the map's range."""
     net, x, targets = _many_instances(small_unet, shape, n)
     inferer = SlidingWindowInferer((24, 24, 16), sw_batch_size=2, overlap=0.25, mode="gaussian") if sliding else None
-    cam = SegXResCAM(net, pool_size=2, inferer=inferer, verbose=False)
+    cam = SegXResCAM(net, pool_size=2, inferer=inferer, verbose=False, counterfactual=against)
     before = _state(net)
     shared = explain_regions(cam, x, targets)
     assert _same_state(before, _state(net))

@@ -255,7 +255,8 @@ def test_randomisation_cascades_from_the_output_side():
     assert abs(result.spearman[1]) < 0.3 and not result.flagged  # the scale is redrawn too
 
 
-@pytest.mark.parametrize("explainer", [HiResCAM, lambda n: SegXResCAM(n, pool_size=2)])
+@pytest.mark.parametrize("explainer", [lambda n: HiResCAM(n, "bottleneck"),
+                                       lambda n: SegXResCAM(n, "bottleneck", pool_size=2)])
 def test_randomisation_cascade_on_a_unet_changes_the_cam(small_unet, explainer):
     net = small_unet(3)
     x = torch.rand((1, 1, 16, 16, 16), generator=torch.Generator().manual_seed(0))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from monai.networks.nets import UNETR, SegResNet, SwinUNETR, UNet
+from monai.networks.nets import UNETR, DynUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from monai_xres import RegionTarget, SegXResCAM, resolve_layer, tokens_to_grid
@@ -23,13 +23,13 @@ def test_unetr_token_reshape_matches_proj_feat():
 @pytest.mark.parametrize(
     "make, layer",
     [
-        (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1),
-         "model.1.submodule.1.submodule.1.submodule"),
+        (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1), "model.1.submodule.1.submodule.2"),
         (_unetr, "vit.norm"),
-        (lambda: SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3), "encoder10"),
-        (lambda: SegResNet(3, 8, 1, 3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "down_layers.2"),
+        (lambda: SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3), "decoder5"),
+        (lambda: SegResNet(3, 8, 1, 3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "up_layers.0"),
+        (lambda: DynUNet(3, 1, 3, [3, 3, 3], [1, 2, 2], [2, 2]), "upsamples.0"),
     ],
-    ids=["UNet", "UNETR", "SwinUNETR", "SegResNet"],
+    ids=["UNet", "UNETR", "SwinUNETR", "SegResNet", "DynUNet"],
 )
 def test_default_layer_gives_a_finite_nontrivial_map(make, layer):
     torch.manual_seed(0)

@@ -29,6 +29,8 @@ from monai_xres.apps.nnunet_sample import build_model_folder  # noqa: E402
 from monai_xres.apps.runner import method_configs  # noqa: E402
 from monai_xres.cli import main  # noqa: E402
 from monai_xres.explainers.base import predict  # noqa: E402
+from monai_xres.explainers.levels import combine_levels  # noqa: E402
+from monai_xres.networks import default_layer_name, network_levels  # noqa: E402
 from monai_xres.sample_data import LABELS, _nifti, generate_case  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
@@ -220,6 +222,31 @@ def test_the_cam_is_the_gradient_of_the_whole_ensemble_prediction(explainer, sca
     for k, v in network.state_dict().items():  # the first fold's parameters, as loaded
         assert torch.equal(v, before[k]), k
     assert flags == [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in network.modules()]
+
+
+def test_level_aliases_and_a_multi_layer_cam_over_the_whole_ensemble(explainer, scans):
+    """nnU-Net's network has the level aliases of the other U-Nets; a multi-layer CAM through nnU-Net's windows,
+    mirrors and folds keeps one channel per level, each the single-layer ensemble CAM (checked above)."""
+    network = explainer.model.network
+    n = len(network.encoder.stages)
+    levels = network_levels(network)
+    assert levels["bottleneck"] == f"encoder.stages.{n - 1}" and levels[f"decoder{n - 1}"] == "decoder.stages.0"
+    assert levels["decoder1"] == levels["head-input"] == f"decoder.stages.{n - 2}"
+    assert default_layer_name(network)[0] == "decoder.stages.0"
+    x, _, _, cls = _prepared(explainer, scans["long"])
+    target = RegionTarget(cls, box=((0, 0, 0), (x.shape[2], x.shape[3], 10)))
+
+    def cam(layer, **kwargs):
+        return SegXResCAM(network, layer, verbose=False, **kwargs).with_inferer(explainer.inferer)
+
+    single = torch.cat([cam(layer).attribute(x, target).saliency for layer in ("bottleneck", "decoder1")], 1)
+    assert all(float(single[:, k].max()) > 0 for k in range(2))
+    both = cam("bottleneck+decoder1", combine="sum").attribute(x, target)
+    # the same windows, mirrors and folds, one backward for both levels: float32 rounding of the sums only
+    torch.testing.assert_close(both.saliency, single.sum(1, keepdim=True), rtol=1e-5, atol=1e-5 * float(single.max()))
+    mean = cam(["bottleneck", "decoder1"]).attribute(x, target).saliency
+    torch.testing.assert_close(mean, combine_levels(single, "mean"), rtol=1e-5, atol=1e-5)
+    assert both.info["folds"] == 2 and both.info["mirrors"] == 8
 
 
 def test_rise_re_predicts_only_the_windows_reaching_the_region(explainer, scans):

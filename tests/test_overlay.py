@@ -1,5 +1,5 @@
-"""The shipped explain overlays: by default the three CAMs, from one forward and one backward pass per window;
-one override (``explain_rise``) adds RISE; every overlay file says the same."""
+"""The shipped explain overlays: by default the three CAMs, from one forward and one backward pass per window,
+at ``explain_layer``; one override (``explain_rise``) adds RISE; every overlay file says the same."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def test_every_overlay_has_rise_off_by_default_and_one_switch_for_it(overlay):
     config = json.loads(overlay.read_text())
     assert config["explain_rise"] is False and set(config["explain_cams"]) == {"segxrescam-w1", "segxrescam-w2",
                                                                                "seggradcam"}
+    # one layer for every CAM (default: the network type's), never for RISE
+    assert config["explain_layer"] == "$None"
+    assert all(cam["target_layer"] == "@explain_layer" for cam in config["explain_cams"].values())
+    assert all("target_layer" not in rise for rise in config["explain_rise_methods"].values())
     cams, everything = ["segxrescam-w1", "segxrescam-w2", "seggradcam"], ["segxrescam-w1", "segxrescam-w2",
                                                                           "seggradcam", "segrise"]
     # the bundle CLI (fire) passes --explain_rise True as a bool, --explain_rise true as a string

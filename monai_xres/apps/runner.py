@@ -18,8 +18,8 @@ from typing import Any
 from monai_xres.apps.errors import UsageError
 from monai_xres.explainers.registry import get_method
 
-__all__ = ["GENERIC_OVERLAY", "ConfigStr", "UsageError", "evaluate_bundle", "mask_parallel_methods", "method_configs",
-           "run_bundle", "segmentation_files"]
+__all__ = ["GENERIC_OVERLAY", "ConfigStr", "UsageError", "bundle_network", "checked_layers", "evaluate_bundle",
+           "mask_parallel_methods", "method_configs", "run_bundle", "segmentation_files"]
 
 GENERIC_OVERLAY = Path(__file__).resolve().parents[1] / "configs" / "explain.json"
 
@@ -176,39 +176,61 @@ def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: 
     return writer
 
 
-def evaluate_bundle(bundle: str | os.PathLike, images: Sequence[str], labels: Sequence[str], output_dir: str,
-                    regions: list[dict], rise_masks: int = 100, n_steps: int = 10, randomisation_steps: int = 2,
-                    halves: bool = False) -> Any:
-    """Faithfulness table (:func:`monai_xres.evaluation.evaluate`) of a bundle's network on scans and label maps.
-
-    Each scan goes through the bundle's own ``preprocessing``; its label map is placed on that grid through
-    world coordinates; both are padded to the network's total stride (MONAI ``DivisiblePad``)."""
+def bundle_network(bundle: str | os.PathLike, weights: bool = True) -> tuple[Any, Any]:
+    """A bundle's ``network_def`` (weights from ``models/model.pt`` with ``weights_only=True``, eval mode)
+    and its config parser."""
     import torch
     from monai.bundle import ConfigParser
-    from monai.transforms import DivisiblePad
-
-    from monai_xres.evaluation import EvaluationSettings, default_methods, evaluate
-    from monai_xres.networks import network_stride
-    from monai_xres.regions.geometry import label_file_on_grid
 
     bundle = Path(bundle).resolve()
     parser = ConfigParser()
     parser.read_config(str(_bundle_file(bundle, "inference.json")))
     parser["bundle_root"] = str(bundle)
     network = parser.get_parsed_content("network_def")
+    if weights:
+        try:
+            network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as e:
+            raise UsageError(f"refused to load {bundle / 'models' / 'model.pt'}: it holds objects other than tensors "
+                             "(weights_only=True); save a plain state_dict.") from e
+    return network.eval(), parser
+
+
+def checked_layers(bundle: str | os.PathLike, layers: Sequence[Any] | None) -> list[Any] | None:
+    """``layers`` checked against the bundle's network before any expensive work (``"all"`` expanded).
+
+    Raises:
+        UsageError: a layer the network does not have, with the close names and the network's levels.
+    """
+    from monai_xres.apps.cases import expand_layers
+
+    if layers is None:
+        return None
     try:
-        network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError as e:
-        raise UsageError(f"refused to load {bundle / 'models' / 'model.pt'}: it holds objects other than tensors "
-                         "(weights_only=True); save a plain state_dict.") from e
-    network.eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
-    pad = DivisiblePad(k=network_stride(network, 3))
+        return expand_layers(bundle_network(bundle, weights=False)[0], layers)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
-    def cases():
-        for image, label in zip(images, labels):
-            scan = preprocessing({"image": image})["image"]
-            yield pad(scan)[None], pad(label_file_on_grid(label, scan)), Path(image).name.split(".")[0]
 
-    settings = EvaluationSettings(n_steps=n_steps, randomisation_steps=randomisation_steps, halves=halves)
-    return evaluate(cases(), network, default_methods(rise_masks=rise_masks), regions, output_dir, settings)
+def evaluate_bundle(bundle: str | os.PathLike, images: Sequence[str], labels: Sequence[str], output_dir: str,
+                    regions: list[dict], rise_masks: int = 100, n_steps: int = 10, randomisation_steps: int = 2,
+                    halves: bool = False, layers: Sequence[Any] | None = None, methods: Sequence[str] | None = None,
+                    baselines: bool = True) -> Any:
+    """Faithfulness table (:func:`monai_xres.evaluation.evaluate`) of a bundle's network on scans and label maps.
+
+    Each scan goes through the bundle's own ``preprocessing`` and becomes one network input
+    (:func:`monai_xres.apps.cases.bundle_cases`: the inferer's window centred on the region, or the slice
+    and window for a 2D network). ``layers``: a layer sweep (aliases, names, ``"a+b"``, ``"all"``);
+    ``methods``: registered names (default all); ``baselines``: the sanity-baseline rows."""
+    from monai_xres.apps.cases import bundle_cases, expand_layers
+    from monai_xres.evaluation import EvaluationSettings, default_methods, evaluate
+
+    network, parser = bundle_network(bundle)
+    layers = expand_layers(network, layers)
+    value = int(regions[0].get("label_value", regions[0]["class_index"])) if regions else 1
+    cases = bundle_cases(network, parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
+                         images, labels, value)
+    settings = EvaluationSettings(n_steps=n_steps, randomisation_steps=randomisation_steps, halves=halves,
+                                  baselines=baselines)
+    factories = default_methods(rise_masks=rise_masks, layers=layers, methods=methods)
+    return evaluate(cases, network, factories, regions, output_dir, settings)

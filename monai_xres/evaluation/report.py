@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from monai_xres.evaluation.results import Evaluation
+from monai_xres.evaluation.results import JUDGED, Evaluation, metric_direction
 
 __all__ = ["markdown_table", "write_report"]
 
@@ -23,14 +23,18 @@ _HEADERS = {
     "deletion_auc": ("deletion AUC", "↓"), "insertion_auc": ("insertion AUC", "↑"),
     "deletion_auc_dice": ("deletion AUC (Dice)", "↓"), "insertion_auc_dice": ("insertion AUC (Dice)", "↑"),
     "randomisation_spearman": ("rand. Spearman", "↓"), "randomisation_ssim": ("rand. SSIM", "↓"),
-    "randomisation_flagged": ("flagged", "↓"), "context_radius_mm": ("context radius mm", ""),
+    "randomisation_flagged": ("flagged", "↓"), "image_spearman": ("Spearman vs image", ""),
+    "context_radius_mm": ("context radius mm", ""),
 }
+NOT_BETTER = "✗"  # marks a method's cell where some sanity baseline does at least as well
 
 
 def _header(metric: str, reference: str) -> str:
     if metric in _HEADERS:
         name, arrow = _HEADERS[metric]
         return f"{name} {arrow}".rstrip()
+    if metric.startswith("masking_top"):
+        return f"Dice top {metric[len('masking_top'):-len('pct_dice')]}% ↑"
     if metric.startswith("masking_"):
         kind, dilation = metric.split("_")[1:]
         return f"masking {'Dice ↑' if kind == 'dice' else 'retained ↓'} (+{dilation[:-2]} mm)"
@@ -44,13 +48,39 @@ def _cell(stat: tuple[float, float, int]) -> str:
     return "n/a" if count == 0 else f"{mean:.3f} ± {std:.3f}"
 
 
-def markdown_table(evaluation: Evaluation, part: str = "whole") -> str:
-    """One row per method, one column per metric, ``mean ± std`` over the (case, region) pairs of kind ``part``."""
-    head = ["method", "n", *(_header(m, evaluation.settings.reference) for m in evaluation.metrics)]
+def _judged(evaluation: Evaluation, metrics: list[str]) -> list[str]:
+    return [m for m in metrics if m.startswith(JUDGED) and metric_direction(m) != 0] if evaluation.baselines else []
+
+
+def _not_better(row: dict, base_rows: list[dict], metric: str) -> bool | None:
+    """Whether some baseline's mean is at least as good as the row's (None: nothing to compare)."""
+    sign, mean = metric_direction(metric), row[metric][0]
+    others = [b[metric][0] for b in base_rows if b[metric][2]]
+    if not row[metric][2] or not others:
+        return None
+    return bool(sign * mean <= max(sign * v for v in others))
+
+
+def markdown_table(evaluation: Evaluation, part: str = "whole", columns: list[str] | None = None) -> str:
+    """One row per method, one column per metric (``columns``: a subset, in order), ``mean ± std`` over the
+    (case, region) pairs of kind ``part``; n is their number (the cases, with one region per case).
+
+    With baselines, a method's cell on a faithfulness column (:data:`~.results.JUDGED`) is marked ✗ where
+    some baseline's mean is at least as good, and the last column counts the columns where it beats all."""
+    metrics = list(columns or evaluation.metrics)
+    judged = _judged(evaluation, metrics)
+    head = ["method", "n", *(_header(m, evaluation.settings.reference) for m in metrics)]
+    head += ["beats all baselines"] if judged else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in evaluation.summary(part):
-        lines.append("| " + " | ".join([row["method"], str(row["n"]),
-                                        *(_cell(row[m]) for m in evaluation.metrics)]) + " |")
+    summary = evaluation.summary(part)
+    base_rows = [row for row in summary if row["method"] in evaluation.baselines]
+    for row in summary:
+        marks = {} if row["method"] in evaluation.baselines else {m: _not_better(row, base_rows, m) for m in judged}
+        cells = [_cell(row[m]) + (f" {NOT_BETTER}" if marks.get(m) else "") for m in metrics]
+        if judged:
+            compared = [v for v in marks.values() if v is not None]
+            cells.append(f"{compared.count(False)}/{len(compared)}" if compared else "")
+        lines.append("| " + " | ".join([row["method"], str(row["n"]), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -63,15 +93,24 @@ def _legend(evaluation: Evaluation) -> str:
             shares = ", ".join(f"≤ {d:g} mm: {v:.3f}" for d, v in zip(s.distances, np.mean(uniform, 0)))
             chance.append(f"{shares} ({part} regions)")
     chance = "; ".join(chance) or "n/a"
+    top = ", ".join(f"{k:g}" for k in s.top_k)
     return "\n".join([
-        f"Mean ± standard deviation over (case, region) pairs; n pairs per method. ↑/↓: the direction a faithful, "
-        f"region-aware map should show. Masking test: normalised map > {s.threshold}, the kept set dilated by "
-        f"{s.dilations[0]:g} and {s.dilations[-1]:g} mm, all else set to {s.fill}: Dice of the region's prediction "
-        "against the original prediction, and the fraction of voxels retained. "
+        f"Mean ± standard deviation over (case, region) pairs; n pairs per method (the cases, one region each). "
+        "↑/↓: the direction a faithful, region-aware map should show. Dice top k%: the masking test at equal "
+        f"retained volume, each map keeps its top k % of the voxels (k = {top}; ties in a seeded random order), "
+        f"all else set to {s.fill}: Dice of the region's new prediction against the original one; methods are "
+        f"compared there. Threshold form (the paper's): normalised map > {s.threshold}, the kept set dilated by "
+        f"{s.dilations[0]:g} and {s.dilations[-1]:g} mm: Dice, and the fraction of voxels retained, which "
+        "differs from map to map. "
         f"Deletion/insertion: {s.n_steps} steps, most salient first, region score rescaled to 1 (original input) "
         f"and 0 (all {s.fill}); AUC over the fraction of voxels. Randomisation: cascading re-initialisation from "
         f"the output ({s.randomisation_steps or 'every'} depths), Spearman/SSIM of the fully randomised map with "
-        "the original; flagged: Spearman > 0.5 (the map does not depend on the weights). Locality: share of the "
+        "the original; Spearman vs image: max(|Spearman(map, image)|, |Spearman(map, edges)|); flagged: "
+        "rand. Spearman ≥ Spearman vs image (what survives randomisation is no less than what the image alone "
+        "shares with the map). Baselines (rows 'baseline: ...'): a seeded random map, the image intensity, its "
+        "gradient magnitude, the predicted mask, minus the signed distance to the region; "
+        f"{NOT_BETTER}: some baseline does at least as well on that column (mean); beats all baselines: on how "
+        "many faithfulness columns the method is better than every baseline. Locality: share of the "
         f"normalised saliency mass within the distance of the region; a flat map gets {chance}. Spearman vs "
         f"{s.reference}: rank correlation of the map with {s.reference}'s. Context radius: the smallest margin "
         "(mm) around the region such that keeping only the image within it keeps the region's Dice above 0.9 "
@@ -125,7 +164,8 @@ def _plots(evaluation: Evaluation, out: Path) -> dict[str, Path]:
     panels = {
         "deletion_insertion": [("deletion", "fraction", "score", "fraction of voxels removed", "region score"),
                                ("insertion", "fraction", "score", "fraction of voxels restored", "region score")],
-        "masking": [("masking", "retained", "dice", "fraction of voxels retained", "region Dice")],
+        "masking": [("masking_top_k", "retained", "dice", "fraction of voxels kept (top k %)", "region Dice"),
+                    ("masking", "retained", "dice", "fraction of voxels retained (threshold)", "region Dice")],
         "randomisation": [("randomisation", "n_randomised", "spearman", "layers randomised (from output)",
                            "Spearman with original"),
                           ("randomisation", "n_randomised", "ssim", "layers randomised (from output)",
@@ -144,7 +184,8 @@ def _plots(evaluation: Evaluation, out: Path) -> dict[str, Path]:
                 for method in evaluation.methods:
                     curve = _mean_curve([c for c in curves if c["method"] == method], key, x, y)
                     if curve is not None:
-                        ax.plot(*curve, marker="o", markersize=3, label=method)
+                        ax.plot(*curve, "--" if method in evaluation.baselines else "-", marker="o", markersize=3,
+                                label=method)
                 base = _mean_curve(curves, key, x, "uniform") if key == "locality" else None
                 if base is not None:
                     ax.plot(*base, "k--", label="flat map")

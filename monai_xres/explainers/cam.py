@@ -7,7 +7,7 @@ Seg-Grad-CAM, anything between is Seg-XRes-CAM (Hasany et al., 2023).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,10 +16,11 @@ from monai.utils import ensure_tuple
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation, network_errors, preserved_model_state
+from monai_xres.explainers.levels import captured_outputs, check_layers, combine_levels
 from monai_xres.explainers.maps import resize_linear
 from monai_xres.explainers.pooling import POOL_MODES, PoolSize, pool_gradient, window_of
 from monai_xres.explainers.sliding import check_inferer, check_prediction, sliding_cam
-from monai_xres.networks import Reshape, TargetLayer, first_head, resolve_layer
+from monai_xres.networks import Reshape, TargetLayer, first_head, layer_list, resolve_layer
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["HiResCAM", "SegGradCAM", "SegXResCAM", "pool_gradient"]
@@ -36,8 +37,11 @@ class SegXResCAM(Explainer):
 
     Args:
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``, 2D or 3D.
-        target_layer: dotted module name or module; None takes the bottleneck of MONAI's UNet, UNETR,
-            SwinUNETR or SegResNet (see :func:`~monai_xres.networks.default_layer_name`).
+        target_layer: dotted module name, level alias (``"bottleneck"``, ``"decoder1"`` nearest the head ..
+            ``"decoderN"``, ``"head-input"``; :func:`~monai_xres.networks.network_levels`) or module; None
+            takes the network type's default (:func:`~monai_xres.networks.default_layer_name`). Several
+            layers (a list, or ``"decoder1+decoder2"``) give a multi-layer map: each level's map is the
+            exact single-layer map, resized to the input grid, and ``combine`` makes them one map.
         pool_size: gradient window, an int, a per-axis tuple, or ``"global"``; 1 is HiResCAM. At most the
             feature grid per axis.
         pool_mode: ``"mean"`` (divide by the full window), ``"max"``, or ``"sum"`` (as the published
@@ -53,6 +57,8 @@ class SegXResCAM(Explainer):
         verbose: progress bar over windows (sliding-window mode), quiet when not on a TTY.
         counterfactual: explain what speaks *against* the class in the region: the gradient of ``-S``
             (the published code's ``negative_gradient``), so the ReLU keeps the evidence that lowers the score.
+        combine: with several layers, ``"mean"`` (each level's map divided by its own maximum, then
+            averaged: every level counts alike) or ``"sum"`` (the raw maps added, in region-score units).
 
     Example::
 
@@ -60,10 +66,10 @@ class SegXResCAM(Explainer):
         saliency = cam(image, RegionTarget(1, box=((10, 10, 4), (40, 40, 20))))  # (B, 1, H, W, D)
     """
 
-    def __init__(self, network: nn.Module, target_layer: str | nn.Module | None = None,
+    def __init__(self, network: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
                  pool_size: PoolSize = 1, pool_mode: str = "mean", reshape: Reshape | None = None,
                  eval_mode: bool = True, inferer: Any = None, amp: bool = True,
-                 verbose: bool = True, counterfactual: bool = False) -> None:
+                 verbose: bool = True, counterfactual: bool = False, combine: str = "mean") -> None:
         super().__init__(network, eval_mode)
         if not isinstance(counterfactual, bool):
             raise ValueError(f"counterfactual must be True or False, got {counterfactual!r}.")
@@ -71,7 +77,10 @@ class SegXResCAM(Explainer):
             raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}.")
         if pool_size != "global":
             window_of(pool_size, len(pool_size) if isinstance(pool_size, Sequence) else 1)
-        self.layer: TargetLayer = resolve_layer(network, target_layer, reshape)
+        self.layers: list[TargetLayer] = [resolve_layer(network, t, reshape) for t in layer_list(target_layer)]
+        check_layers(self.layers, combine)
+        self.layer: TargetLayer = self.layers[0]
+        self.combine_rule = combine
         self.pool_size = pool_size
         self.pool_mode = pool_mode
         self.inferer = None if inferer is None else check_inferer(inferer)
@@ -83,6 +92,12 @@ class SegXResCAM(Explainer):
     def score_sign(self) -> float:
         """-1 for a counterfactual explanation (the gradient of ``-S``), else 1."""
         return -1.0 if self.counterfactual else 1.0
+
+    @property
+    def n_maps(self) -> int:
+        """Channels of the signed map before the levels are combined: one per target layer (read by
+        :func:`~monai_xres.explainers.sliding.sliding_cam` and nnU-Net's ``ensemble_cam``)."""
+        return len(self.layers)
 
     def with_inferer(self, inferer: Any) -> SegXResCAM | None:
         """This explainer on ``inferer``'s stitched output (a ``SlidingWindowInferer``, or an inferer with its own
@@ -96,6 +111,8 @@ class SegXResCAM(Explainer):
         size = self.pool_size if isinstance(self.pool_size, (int, str)) else list(self.pool_size)
         params = {**super().params(), "target_layer": self.layer.name, "pool_size": size, "pool_mode": self.pool_mode,
                   "counterfactual": self.counterfactual}
+        if len(self.layers) > 1:
+            params.update(target_layer=[layer.name for layer in self.layers], combine=self.combine_rule)
         if hasattr(self.inferer, "stitched_cam"):
             params["inferer"] = self.inferer.params()
         elif self.inferer is not None:
@@ -115,6 +132,10 @@ class SegXResCAM(Explainer):
         """
         info: dict[str, Any] = {}
         check_prediction(self.inferer, prediction)
+        several = len(self.layers) > 1
+        if several and not upsample:
+            raise ValueError("Several target layers have several feature grids: their map is made on the input "
+                             "grid (upsample=True).")
         with self._autocast(x):
             if self.inferer is not None:
                 if not upsample:
@@ -124,107 +145,114 @@ class SegXResCAM(Explainer):
                 cam, logits, regions, scores, info = (
                     stitched(self, x, targets, affines, self.verbose) if stitched is not None
                     else sliding_cam(self, x, targets, affines, self.inferer, self.verbose, prediction=prediction))
+                cam = cam.relu() if relu else cam  # one channel per level, each stitched before its ReLU
             else:
-                logits, activation = self._forward_from_layer(x)
+                logits, activations = self._forward_from_layers(x)
                 regions = self.resolve_regions(logits, targets, affines)
-                grad, scores = self._score_gradient(logits, activation, targets, regions)
-                cam = self.combine(activation.detach(), grad)
-        if relu:
-            cam = cam.relu()
-        if upsample:
-            cam = resize_linear(cam, x.shape[2:])
+                grads, scores = self._score_gradient(logits, activations, targets, regions)
+                maps = [self._level_map(layer, a.detach(), g) for layer, a, g in zip(self.layers, activations, grads)]
+                maps = [m.relu() for m in maps] if relu else maps
+                cam = torch.cat([resize_linear(m, x.shape[2:]) for m in maps], 1) if upsample else maps[0]
+        if several:
+            cam = combine_levels(cam, self.combine_rule)
         return Explanation(cam.float(), logits.detach(), regions, scores, info)
 
     def check_input(self, x: torch.Tensor) -> tuple[int, ...]:
-        """The target layer's feature grid for inputs like ``x`` ``(B, C_in, *spatial)`` (one forward, no
-        backward), checked against the gradient window: a cheap test before a long run.
+        """The (first) target layer's feature grid for inputs like ``x`` ``(B, C_in, *spatial)`` (one forward,
+        no backward), every target layer's grid checked against the gradient window: a cheap test before a
+        long run.
 
         Raises:
-            ValueError: the layer does not run, gives no feature map, or is smaller than the window.
+            ValueError: a layer does not run, gives no feature map, or is smaller than the window.
         """
         with preserved_model_state(self.network, self.eval_mode), torch.inference_mode(False):
-            _, activation = self._forward_from_layer(x)
-        if self.layer.reshape is not None:
-            activation = self.layer.reshape(activation)
-        grid = tuple(activation.shape[2:])
-        if self.pool_size != "global":
-            window = window_of(self.pool_size, len(grid))
-            if any(w > n for w, n in zip(window, grid)):
-                raise ValueError(f"the gradient window {window} is larger than the feature grid {grid} of layer "
-                                 f"{self.layer.name!r} for inputs of size {tuple(x.shape[2:])}: use a window of at "
-                                 "most the grid per axis, or Seg-Grad-CAM for the whole map.")
-        return grid
+            _, activations = self._forward_from_layers(x)
+        grids = []
+        for layer, activation in zip(self.layers, activations):
+            if layer.reshape is not None:
+                activation = layer.reshape(activation)
+            grid = tuple(activation.shape[2:])
+            grids.append(grid)
+            if self.pool_size != "global":
+                window = window_of(self.pool_size, len(grid))
+                if any(w > n for w, n in zip(window, grid)):
+                    raise ValueError(f"the gradient window {window} is larger than the feature grid {grid} of layer "
+                                     f"{layer.name!r} for inputs of size {tuple(x.shape[2:])}: use a window of at "
+                                     "most the grid per axis, or Seg-Grad-CAM for the whole map.")
+        return grids[0]
 
     def window_map(self, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Signed map ``(B, 1, *grid)`` of inputs ``x`` given the gradient ``upstream`` ``(B, C, *out)`` of some
-        score with respect to the network output (used per window by :mod:`monai_xres.explainers.sliding`)."""
-        output, activation = self._forward_from_layer(x)
+        score with respect to the network output (used per window by :mod:`monai_xres.explainers.sliding`).
+        With several layers: ``(B, L, *spatial of x)``, one signed map per level on the window's grid."""
+        output, activations = self._forward_from_layers(x)
         self._check_connected(output)
-        (grad,) = torch.autograd.grad(output, activation, grad_outputs=upstream.to(output.dtype))
-        return self.combine(activation.detach(), grad)
+        grads = self._gradients(output, activations, upstream.to(output.dtype))
+        maps = [self._level_map(layer, a.detach(), g) for layer, a, g in zip(self.layers, activations, grads)]
+        return maps[0] if len(maps) == 1 else torch.cat([resize_linear(m, x.shape[2:]) for m in maps], 1)
 
     def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation."""
-        if self.layer.reshape is not None:
-            activation, grad = self.layer.reshape(activation), self.layer.reshape(grad)
+        """Signed map on the feature grid, ``(B, 1, *grid)``: channel sum of pooled gradient x activation
+        (of the first target layer)."""
+        return self._level_map(self.layer, activation, grad)
+
+    def _level_map(self, layer: TargetLayer, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if layer.reshape is not None:
+            activation, grad = layer.reshape(activation), layer.reshape(grad)
         if activation.ndim < 3:
-            raise ValueError(f"Layer {self.layer.name!r} gives {tuple(activation.shape)}, not a feature map "
+            raise ValueError(f"Layer {layer.name!r} gives {tuple(activation.shape)}, not a feature map "
                              "(B, K, *grid): choose a convolutional layer or pass reshape=...")
-        weights = pool_gradient(grad.float(), self.pool_size, self.pool_mode)
-        return (weights * activation.float()).sum(1, keepdim=True)
+        dtype = torch.promote_types(grad.dtype, torch.float32)  # float32 at least; float64 networks stay exact
+        weights = pool_gradient(grad.to(dtype), self.pool_size, self.pool_mode)
+        return (weights * activation.to(dtype)).sum(1, keepdim=True)
 
     def _autocast(self, x: torch.Tensor):
         return torch.autocast("cuda") if self.amp and x.is_cuda else contextlib.nullcontext()
 
     def _forward_from_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output and the captured target-layer leaf.
+        """Network output and the captured target-layer leaf (the first layer's, with several)."""
+        output, activations = self._forward_from_layers(x)
+        return output, activations[0]
 
-        Autograd records only from the layer on: no parameter requires grad inside the explainer's model
-        guard and the input does not either, so the first tensor that does is the captured leaf."""
-        with self._captured_activation() as captured, torch.enable_grad(), network_errors(x):
-            output = self.network(x)
-        if not captured:
-            raise ValueError(f"Layer {self.layer.name!r} did not run in the forward pass: pick a layer the "
-                             "network uses for this input.")
-        return first_head(output), captured[0]
+    def _forward_from_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Network output and each target layer's captured output (:func:`.levels.captured_outputs`).
+
+        Autograd records only from the first captured layer on: no parameter requires grad inside the
+        explainer's model guard and the input is detached, so the first tensor that does is a captured leaf."""
+        with captured_outputs(self.layers) as captured, torch.enable_grad(), network_errors(x):
+            output = self.network(x.detach())
+        missing = [layer.name for layer, a in zip(self.layers, captured) if a is None]
+        if missing:
+            raise ValueError(f"Layer(s) {missing} did not run in the forward pass: pick a layer the network "
+                             "uses for this input.")
+        return first_head(output), list(captured)
 
     def _check_connected(self, output: torch.Tensor) -> None:
         if not output.requires_grad:
             raise ValueError(f"The output does not depend on layer {self.layer.name!r}: choose a layer "
                              "between the input and the output.")
 
-    def _score_gradient(self, logits: torch.Tensor, activation: torch.Tensor, targets: list[RegionTarget],
-                        regions: list[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
-        """dS/dA of the summed region scores, and each sample's score."""
+    def _gradients(self, output: torch.Tensor, activations: Sequence[torch.Tensor],
+                   grad_output: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """d(output)/d(activation) for each captured activation; one backward pass for all of them."""
+        grads = torch.autograd.grad(output, list(activations), grad_outputs=grad_output, allow_unused=True)
+        unused = [layer.name for layer, g in zip(self.layers, grads) if g is None]
+        if unused:
+            raise ValueError(f"The output does not depend on layer(s) {unused}: choose layers between the input "
+                             "and the output.")
+        return grads
+
+    def _score_gradient(self, logits: torch.Tensor, activation: torch.Tensor | Sequence[torch.Tensor],
+                        targets: list[RegionTarget], regions: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], list[float]]:
+        """dS/dA of the summed region scores (a tuple of them for a list of activations), and each sample's score."""
         self._check_connected(logits)
         with torch.enable_grad():
             per_sample = [t.score(logits[i].float(), regions[i]) for i, t in enumerate(targets)]
-        (grad,) = torch.autograd.grad(self.score_sign * torch.stack(per_sample).sum(), activation)
-        return grad, [float(s.detach()) for s in per_sample]
-
-    @contextlib.contextmanager
-    def _captured_activation(self) -> Iterator[list[torch.Tensor]]:
-        """Hook the target layer: its output becomes a leaf that requires grad, so the graph holds only what
-        lies between the layer and the output. The hook is removed on exit, also when the forward raises."""
-        captured: list[torch.Tensor] = []
-        name = self.layer.name
-
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor):
-                raise ValueError(f"Layer {name!r} returns {type(output).__name__}, not a tensor: choose its "
-                                 "sub-layer that returns the feature map (e.g. UNETR's 'vit.norm').")
-            if captured:
-                raise ValueError(f"Layer {name!r} runs more than once per forward pass: choose a layer "
-                                 "that runs once.")
-            leaf = output.detach().requires_grad_(True)
-            captured.append(leaf)
-            return leaf
-
-        handle = self.layer.module.register_forward_hook(hook)
-        try:
-            yield captured
-        finally:
-            handle.remove()
+        several = isinstance(activation, (list, tuple))
+        total = self.score_sign * torch.stack(per_sample).sum()
+        grads = self._gradients(total, activation if several else [activation])
+        return grads if several else grads[0], [float(s.detach()) for s in per_sample]
 
 
 class HiResCAM(SegXResCAM):

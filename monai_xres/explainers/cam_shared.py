@@ -27,7 +27,8 @@ from monai_xres.regions.target import RegionTarget
 __all__ = ["SharedGradientCAM", "explain_all", "group_by_gradient", "shares_gradient"]
 
 # the steps a variant must inherit unchanged for its map to come from the shared forward and backward
-_SHARED_STEPS = ("explain", "window_map", "_forward_from_layer", "_score_gradient", "_captured_activation")
+_SHARED_STEPS = ("explain", "window_map", "_forward_from_layer", "_forward_from_layers", "_score_gradient",
+                 "_gradients")
 
 
 def _plain_cam(explainer: Any) -> bool:
@@ -49,8 +50,10 @@ def _same_function(f: Callable | None, g: Callable | None) -> bool:
 def shares_gradient(a: Explainer, b: Explainer) -> bool:
     """Whether ``a`` and ``b`` are CAM variants whose maps come from the same ``A`` and ``dS/dA``: plain
     Seg-XRes-CAM presets on the same network, layer, reshape, inferer, eval mode, autocast setting and
-    sign (counterfactual or not)."""
-    return (_plain_cam(a) and _plain_cam(b) and a.network is b.network and a.layer.name == b.layer.name
+    sign (counterfactual or not). A CAM of several target layers (a multi-layer map) shares with none: it
+    runs alone, with its own one forward and one backward for all its levels."""
+    return (_plain_cam(a) and _plain_cam(b) and len(a.layers) == len(b.layers) == 1
+            and a.network is b.network and a.layer.name == b.layer.name
             and a.layer.module is b.layer.module and _same_function(a.layer.reshape, b.layer.reshape)
             and a.inferer is b.inferer and a.eval_mode == b.eval_mode and a.amp == b.amp
             and a.counterfactual == b.counterfactual)

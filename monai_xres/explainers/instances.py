@@ -14,7 +14,8 @@ allows:
   (``info["estimator_used"]``); an explicit ``context_margin`` runs one cropped RISE per target instead. A
   target with no predicted voxel (a false-negative instance) has no Dice to lose and is scored by its
   logits (``info["score"]``).
-- Any other explainer: one :meth:`~monai_xres.explainers.base.Explainer.attribute` per target.
+- Any other explainer (a CAM of several target layers too): one
+  :meth:`~monai_xres.explainers.base.Explainer.attribute` per target.
 
 Each map equals the one the explainer gives for that target alone (RISE: with ``estimator="plain"`` and
 ``context_margin=None``), tested to float32 rounding.
@@ -59,7 +60,7 @@ def explain_regions(explainer: Explainer, x: torch.Tensor, targets: list[RegionT
         if x.shape[0] != 1:
             raise ValueError(f"explain_regions explains one sample, got a batch of {x.shape[0]}: pass x[i:i + 1].")
         with preserved_model_state(explainer.network, explainer.eval_mode):
-            if isinstance(explainer, SegXResCAM):
+            if isinstance(explainer, SegXResCAM) and len(explainer.layers) == 1:  # several layers: one run each
                 result = _cam(explainer, x, targets, affines[0], verbose)
             elif isinstance(explainer, SegRISE) and explainer.crop.context_margin in (None, "auto"):
                 result = _rise(explainer, x, targets, affines[0], verbose)
@@ -73,14 +74,15 @@ def explain_regions(explainer: Explainer, x: torch.Tensor, targets: list[RegionT
     return result
 
 
-def _upstreams(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor]):
-    """Each target's ``dS_k/dL`` ``(K, 1, C, *spatial)`` (elementwise: the score is a weighted sum), and scores."""
+def _upstreams(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor], sign: float = 1.0):
+    """Each target's ``d(sign * S_k)/dL`` ``(K, 1, C, *spatial)`` (elementwise: the score is a weighted sum; sign
+    -1 for a counterfactual CAM), and the scores ``S_k``."""
     leaf = logits.detach().float().requires_grad_(True)
     grads, scores = [], []
     with torch.enable_grad():
         for target, region in zip(targets, regions):
             score = target.score(leaf[0], region)
-            grads.append(torch.autograd.grad(score, leaf)[0])
+            grads.append(torch.autograd.grad(sign * score, leaf)[0])
             scores.append(float(score.detach()))
     return torch.stack(grads), scores
 
@@ -117,7 +119,7 @@ def _cam(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affine: 
         with cam._autocast(x):
             logits, activation = cam._forward_from_layer(x)
             regions = [t.region(logits[0].detach(), affine) for t in targets]
-            upstream, scores = _upstreams(logits, targets, regions)
+            upstream, scores = _upstreams(logits, targets, regions, cam.score_sign)
             cam._check_connected(logits)
             grads = _batched_grad(logits, activation, upstream)[:, 0]
             maps = cam.combine(activation.detach().expand(grads.shape[0], *activation.shape[1:]), grads)
@@ -132,7 +134,7 @@ def _sliding(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affi
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
     logits, windows = forward_recording(cam.network, x, inferer, roi)
     regions = [t.region(logits[0], affine) for t in targets]
-    upstream, scores = _upstreams(logits, targets, regions)
+    upstream, scores = _upstreams(logits, targets, regions, cam.score_sign)
     pad = pad_sizes(spatial, roi)
     image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
     x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \

@@ -98,7 +98,8 @@ def _passes(needed: Sequence[int], mirrors: Sequence[tuple[int, ...]], size: int
 def ensemble_cam(cam: WindowExplainer, x: torch.Tensor, logits: torch.Tensor, targets: list[RegionTarget],
                  affines: list, plan: EnsemblePlan, verbose: bool = True, batch_size: int = 1,
                  skip_empty: bool = True, after: Callable[[], None] | None = None):
-    """Signed Seg-XRes-CAM ``(1, 1, *spatial)`` of the ensemble prediction ``logits``; see the module docstring.
+    """Signed Seg-XRes-CAM ``(1, n_maps, *spatial)`` of the ensemble prediction ``logits`` (``cam.n_maps``
+    channels, default 1: one per level of an explainer with several target layers); see the module docstring.
 
     Args:
         cam: the CAM explainer (its ``network``, ``window_map`` and ``resolve_regions`` are used).
@@ -123,7 +124,8 @@ def ensemble_cam(cam: WindowExplainer, x: torch.Tensor, logits: torch.Tensor, ta
     weight = plan.weight.to(device=x.device, dtype=torch.float32)
     upstream = plan.pad(grad[0].float(), 0.0) / plan.blending_sum(x.device)  # dS/dL / N on the padded grid
     needed = [i for i, s in enumerate(plan.slicers) if not skip_empty or bool(upstream[s].any())]
-    total = torch.zeros((1, *plan.padded_shape), device=x.device)
+    # one channel per map: one per level of an explainer with several target layers (``n_maps``)
+    total = torch.zeros((getattr(cam, "n_maps", 1), *plan.padded_shape), device=x.device)
     bar = tqdm(total=len(needed) * len(mirrors) * len(plan.parameters), desc="nnU-Net passes", leave=False,
                disable=None if verbose else True)
     try:

@@ -138,7 +138,8 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
                 inferer: SlidingWindowInferer, verbose: bool = True, skip_empty: bool = True,
                 prediction: torch.Tensor | None = None):
     """Signed Seg-XRes-CAM ``(B, n_maps, *spatial)`` of the stitched output (``cam.n_maps`` channels, default
-    1); see the module docstring.
+    1: one per variant of a shared-gradient CAM, one per level of an explainer with several target layers,
+    each channel's windows summed into it); see the module docstring.
 
     Args:
         skip_empty: skip windows whose gradient is exactly zero (they add exactly nothing).
@@ -166,7 +167,8 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
     upstream = F.pad(grad, pad) / count if any(pad) else grad / count
 
     needed = [w for w in windows if not skip_empty or bool(upstream[(w[0], slice(None), *w[1])].any())]
-    # one channel per map: several CAM variants can share each window's backward pass (cam_shared)
+    # one channel per map: several CAM variants can share each window's backward pass (cam_shared), and one
+    # explainer with several target layers keeps one channel per level
     total = torch.zeros((x.shape[0], getattr(cam, "n_maps", 1), *image_size), device=x.device)
     step = max(1, int(inferer.sw_batch_size))
     for start in tqdm(range(0, len(needed), step), desc="windows", disable=None if verbose else True, leave=False):
