@@ -22,6 +22,7 @@ image, then invert the map like the prediction, linearly::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import replace
@@ -135,7 +136,8 @@ class ExplainRegiond(MapTransform):
     def _known(self, x: torch.Tensor, prediction: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """``{"prediction": (1, C, *spatial)}`` where the explainer can use it (see :meth:`explain`), else ``{}``."""
         windowed = self.inferer is None and isinstance(getattr(self.explainer, "inferer", None), SlidingWindowInferer)
-        if prediction is None or self.slice_axis is not None or not windowed:
+        takes = "prediction" in inspect.signature(self.explainer.explain).parameters  # CAMs of stitched windows
+        if prediction is None or self.slice_axis is not None or not (windowed and takes):
             return {}
         prediction = prediction.as_tensor() if isinstance(prediction, MetaTensor) else torch.as_tensor(prediction)
         return {"prediction": prediction[None]} if tuple(prediction.shape[1:]) == tuple(x.shape[2:]) else {}

@@ -59,9 +59,9 @@ def test_shipped_overlay_runs_the_cams_with_one_backward_and_rise_when_switched_
     assert sidecar["shared_gradient"] == ["segxrescam-w1", "segxrescam-w2", "seggradcam"]
     run_info = sidecar["run"]
     windows = run_info["windows_total"]
-    # the bundle's own inference, the explainer's stitched prediction, then one backward per window that
-    # reaches the region, for the three CAMs together
-    assert sum(calls) == 2 * windows + (windows - run_info["windows_skipped"])
+    # the bundle's own inference (the CAMs resolve the region on it: no second prediction), then one
+    # forward and backward per window that reaches the region, for the three CAMs together
+    assert sum(calls) == windows + (windows - run_info["windows_skipped"])
     calls.clear()
     run(tmp_path / "rise", explain_rise=True, explain_rise_masks=4)
     rise = json.loads((tmp_path / "rise" / "case_0901" / "case_0901_segrise_class1.json").read_text())
