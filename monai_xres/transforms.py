@@ -110,8 +110,10 @@ class ExplainRegiond(MapTransform):
         ``prediction``: the stitched logits ``(C, *spatial)`` of this image by the explainer's own
         sliding-window inferer, if already made (:class:`~monai_xres.handlers.SaliencyWriter` passes the
         evaluator's): it saves one prediction where the explainer follows that inferer's windows over the
-        whole image (no slice axis), and is not used otherwise."""
+        whole image (no slice axis), or where the region is resolved on the inferer's prediction."""
         case = case_name(data, self.image_key)
+        if isinstance(prediction, MetaTensor):
+            prediction = prediction.as_tensor()
         try:
             image = self._image(data)
             target, facts = self.region.resolve(data, image)
@@ -123,7 +125,7 @@ class ExplainRegiond(MapTransform):
                 x, target = self._drop_slice_axis(x, target, index)
             x = x[None]
             if self.inferer is not None:
-                target = self._inferred_target(x, target)
+                target = self._inferred_target(x, target, prediction)
             explanation = self.explainer.attribute(x, target, **self._known(x, prediction))
         except (ValueError, KeyError, OSError) as e:
             raise ValueError(f"Case {case}: {e}") from e
@@ -136,10 +138,9 @@ class ExplainRegiond(MapTransform):
     def _known(self, x: torch.Tensor, prediction: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """``{"prediction": (1, C, *spatial)}`` where the explainer can use it (see :meth:`explain`), else ``{}``."""
         windowed = self.inferer is None and isinstance(getattr(self.explainer, "inferer", None), SlidingWindowInferer)
-        takes = "prediction" in inspect.signature(self.explainer.explain).parameters  # CAMs of stitched windows
+        takes = "prediction" in inspect.signature(self.explainer.explain).parameters  # CAMs and RISE do
         if prediction is None or self.slice_axis is not None or not (windowed and takes):
             return {}
-        prediction = prediction.as_tensor() if isinstance(prediction, MetaTensor) else torch.as_tensor(prediction)
         return {"prediction": prediction[None]} if tuple(prediction.shape[1:]) == tuple(x.shape[2:]) else {}
 
     def _image(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
@@ -210,9 +211,12 @@ class ExplainRegiond(MapTransform):
         full.select(axis + 1, index).copy_(values)
         return full
 
-    def _inferred_target(self, x: torch.Tensor, target: RegionTarget) -> RegionTarget:
-        """The region under the inferer's prediction, frozen as a mask so the explainer scores exactly it."""
-        logits = predict(self.explainer.network, x, self.inferer)
+    def _inferred_target(self, x: torch.Tensor, target: RegionTarget,
+                         prediction: torch.Tensor | None = None) -> RegionTarget:
+        """The region under the inferer's prediction (``prediction``, ``(C, *spatial)``, if it is of this input),
+        frozen as a mask so the explainer scores exactly it."""
+        known = prediction is not None and self.slice_axis is None and tuple(prediction.shape[1:]) == x.shape[2:]
+        logits = prediction[None] if known else predict(self.explainer.network, x, self.inferer)
         return target.frozen(target.region(logits[0], None))
 
 

@@ -6,7 +6,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 from torch import nn
 
-from monai_xres import HiResCAM, RegionTarget, SegXResCAM
+from monai_xres import HiResCAM, RegionTarget, SegRISE, SegXResCAM
 from monai_xres.explainers.sliding import sliding_cam
 
 
@@ -94,8 +94,6 @@ def test_bad_inferer_is_refused():
 
 
 def test_rise_through_the_inferer_equals_rise_on_the_whole_volume_for_a_pointwise_network():
-    from monai_xres import SegRISE
-
     net = _pointwise()
     x = torch.randn(1, 1, 21, 17, 6)
     target = RegionTarget(2, box=((3, 2, 1), (15, 12, 5)), restrict_to_prediction=False)
@@ -156,3 +154,20 @@ def test_a_known_prediction_gives_the_same_map_without_predicting_again():
         cam.attribute(x, target, prediction=prediction[..., :-1])
     with pytest.raises(ValueError, match="stitched output of a SlidingWindowInferer"):
         SegXResCAM(net, "net.model.1.submodule").attribute(x[..., :16, :16, :8], target, prediction=prediction)
+
+
+def test_rise_given_the_prediction_gives_the_same_map_without_predicting_it_again():
+    torch.manual_seed(5)
+    net = _Calls(UNet(3, 1, 3, (4, 8, 16), (2, 2), num_res_units=1).eval())
+    x = torch.randn(1, 1, 40, 28, 12)
+    target = RegionTarget(1, box=((2, 2, 1), (14, 12, 6)), restrict_to_prediction=False)
+    inferer = SlidingWindowInferer((16, 16, 8), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    rise = SegRISE(net, n_masks=8, grid_size=(4, 4, 2), batch_size=4, seed=3, inferer=inferer, verbose=False)
+    with torch.no_grad():
+        prediction = inferer(x, net)
+    windows, net.windows = net.windows, 0
+    again = rise.attribute(x, target)
+    predicted_too, net.windows = net.windows, 0
+    known = rise.attribute(x, target, prediction=prediction)
+    assert torch.equal(known.saliency, again.saliency) and known.saliency.abs().sum() > 0
+    assert known.info["crop"] == again.info["crop"] and predicted_too == net.windows + windows

@@ -27,8 +27,7 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from monai.utils import PytorchPadMode, fall_back_tuple, look_up_option
+from monai.utils import fall_back_tuple
 from tqdm.auto import tqdm
 
 from monai_xres.explainers.base import Explainer, Explanation, preserved_model_state
@@ -37,7 +36,7 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.explainers.rise import SegRISE
 from monai_xres.explainers.rise_scoring import region_scorer
 from monai_xres.explainers.rise_stream import RiseSums, mask_batches
-from monai_xres.explainers.sliding import forward_recording, importance_map, pad_sizes
+from monai_xres.explainers.sliding import forward_recording, stitching
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["explain_regions"]
@@ -135,16 +134,9 @@ def _sliding(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affi
     logits, windows = forward_recording(cam.network, x, inferer, roi)
     regions = [t.region(logits[0], affine) for t in targets]
     upstream, scores = _upstreams(logits, targets, regions, cam.score_sign)
-    pad = pad_sizes(spatial, roi)
-    image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
-    x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
-        if any(pad) else x
-    imp = importance_map(inferer, image_size, roi, x.device)
-    count = torch.zeros(image_size, device=x.device)
-    for _, sl in windows:
-        count[sl] += imp
-    upstream = (F.pad(upstream, pad) if any(pad) else upstream) / count
-    total = torch.zeros((len(targets), 1, *image_size), device=x.device)
+    placed = stitching(x, inferer, roi, windows)
+    x_pad, imp, upstream = placed.x_pad, placed.imp, placed.upstream(upstream)
+    total = torch.zeros((len(targets), 1, *placed.count.shape), device=x.device)
     skipped = 0
     for _, sl in tqdm(windows, desc="windows", disable=None if verbose else True, leave=False):
         ups = upstream[(slice(None), slice(None), slice(None), *sl)]
@@ -155,10 +147,8 @@ def _sliding(cam: SegXResCAM, x: torch.Tensor, targets: list[RegionTarget], affi
         window = x_pad[(slice(None), slice(None), *sl)]
         maps = resize_linear(_layer_maps(cam, window, imp * ups[hit]), roi)
         total[(hit, slice(None), *sl)] += maps
-    if any(pad):
-        crop = tuple(slice(pad[2 * k], pad[2 * k] + n) for k, n in enumerate(reversed(spatial)))[::-1]
-        total = total[(slice(None), slice(None), *crop)]
-    return total, logits, regions, scores, {"shared": True, "windows_total": len(windows), "windows_skipped": skipped}
+    info = {"shared": True, "windows_total": len(windows), "windows_skipped": skipped}
+    return placed.crop(total), logits, regions, scores, info
 
 
 def _rise(rise: SegRISE, x: torch.Tensor, targets: list[RegionTarget], affine: Any, verbose: bool) -> Explanation:

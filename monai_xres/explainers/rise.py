@@ -26,7 +26,7 @@ from monai_xres.explainers.rise_crop import Crop, CropSettings, equivariance_shi
 from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec
 from monai_xres.explainers.rise_scoring import ScoreSettings, region_scorer
 from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, Stream, mask_batches
-from monai_xres.explainers.sliding import check_inferer, forward_recording
+from monai_xres.explainers.sliding import check_inferer, check_prediction, forward_recording, known_prediction
 from monai_xres.networks import network_stride
 from monai_xres.regions.target import RegionTarget
 
@@ -163,13 +163,14 @@ class SegRISE(Explainer):
         return self.replace(inferer=inferer)
 
     def explain(self, x: torch.Tensor, targets: list[RegionTarget], affines: list[Any],
-                masks: Masks | None = None) -> Explanation:
-        """The map of each sample's target (called by :meth:`attribute`, which takes the same option).
+                masks: Masks | None = None, prediction: torch.Tensor | None = None) -> Explanation:
+        """The map of each sample's target (called by :meth:`attribute`, which takes the same options).
 
         Args:
             masks: optional masks to use instead of generated ones (e.g. to compare with another
                 implementation): a tensor ``(N, 1, *spatial)`` or ``(N, *spatial)``, or an iterable of such
                 batches, on the input grid. A one-shot iterator serves a single sample only.
+            prediction: the ``SlidingWindowInferer``'s logits of ``x`` if already made (e.g. by an evaluator).
 
         Returns:
             :class:`Explanation`; ``info`` holds the parameters, ``estimator_used`` (the one that ran),
@@ -180,7 +181,7 @@ class SegRISE(Explainer):
         if masks is not None and x.shape[0] > 1 and iter(masks) is masks:
             raise ValueError("A one-shot iterator of masks can serve one sample only: pass a tensor or a "
                              "list of batches, or explain the samples one at a time.")
-        logits, layout = self._predict(x)
+        logits, layout = self._predict(x, prediction)
         regions = self.resolve_regions(logits, targets, affines)
         runs = [self._explain_one(x[b:b + 1], logits[b], targets[b], regions[b], affines[b], spec, masks, layout)
                 for b in range(x.shape[0])]
@@ -190,12 +191,15 @@ class SegRISE(Explainer):
         saliency = torch.stack([r["map"] for r in runs]).float()
         return Explanation(saliency, logits, regions, [r["score"] for r in runs], info)
 
-    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, list | None]:
-        """The unmasked prediction, and the sliding windows it ran when the crop may select among them."""
+    def _predict(self, x: torch.Tensor, prediction: torch.Tensor | None = None) -> tuple[torch.Tensor, list | None]:
+        """The unmasked prediction (``prediction`` if given) and, if the crop may select among them, its windows."""
+        check_prediction(self.inferer, prediction)
         sliding = isinstance(self.inferer, SlidingWindowInferer) and not (self.inferer.buffer_steps or 0) > 0
-        if sliding and self.crop.context_margin == "auto":
-            roi = tuple(fall_back_tuple(self.inferer.roi_size, tuple(x.shape[2:])))
-            return forward_recording(self.network, x, check_inferer(self.inferer), roi)
+        if sliding and (prediction is not None or self.crop.context_margin == "auto"):
+            inferer, roi = check_inferer(self.inferer), tuple(fall_back_tuple(self.inferer.roi_size, x.shape[2:]))
+            logits, windows = (forward_recording(self.network, x, inferer, roi) if prediction is None
+                               else known_prediction(x, prediction, inferer, roi))
+            return logits, windows if self.crop.context_margin == "auto" else None
         return self.forward(x, self.inferer), None
 
     def _explain_one(self, x: torch.Tensor, logits: torch.Tensor, target: RegionTarget, region: torch.Tensor,
@@ -279,9 +283,8 @@ class SegRISE(Explainer):
 
     def estimator_used(self, masks: Masks | None = None) -> str:
         """The estimator that runs: ``"adaptive"`` needs generated masks and scores in [0, 1] (not ``"logit"``)."""
-        if self.estimation.estimator == "adaptive" and masks is None and self.scoring.score != "logit":
-            return "adaptive"
-        return "plain"
+        adaptive = self.estimation.estimator == "adaptive" and masks is None and self.scoring.score != "logit"
+        return "adaptive" if adaptive else "plain"
 
     def _mask_indices(self, first: int, last: int) -> range:
         """The generated masks of ``[first, last)`` this process evaluates: all (mask-parallel RISE takes a part)."""

@@ -18,6 +18,7 @@ region does, so the map is the same and one whole prediction is saved; the windo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -33,8 +34,8 @@ from monai_xres.explainers.maps import resize_linear
 from monai_xres.networks import first_head
 from monai_xres.regions.target import RegionTarget
 
-__all__ = ["check_inferer", "check_prediction", "forward_recording", "importance_map", "pad_sizes", "sliding_cam",
-           "window_layout"]
+__all__ = ["Stitching", "check_inferer", "check_prediction", "forward_recording", "importance_map", "known_prediction",
+           "pad_sizes", "sliding_cam", "stitching", "window_layout"]
 
 Window = tuple[int, tuple[slice, ...]]  # (batch index, spatial slices in the padded image)
 
@@ -106,8 +107,10 @@ def check_prediction(inferer: Any, prediction: torch.Tensor | None) -> None:
                          "inferer (inferer=... or with_inferer), or leave prediction out.")
 
 
-def _known_prediction(x: torch.Tensor, prediction: torch.Tensor, inferer: SlidingWindowInferer,
-                      roi: tuple[int, ...]) -> tuple[torch.Tensor, list[Window]]:
+def known_prediction(x: torch.Tensor, prediction: torch.Tensor, inferer: SlidingWindowInferer,
+                     roi: tuple[int, ...]) -> tuple[torch.Tensor, list[Window]]:
+    """What :func:`forward_recording` returns, from a prediction already made: ``prediction`` checked against
+    ``x`` and detached as float32, and the windows of :func:`window_layout`."""
     if prediction.shape[0] != x.shape[0] or tuple(prediction.shape[2:]) != tuple(x.shape[2:]):
         raise ValueError(f"prediction {tuple(prediction.shape)} is not the inferer's output for an input of shape "
                          f"{tuple(x.shape)}: give the stitched logits (B, C, *spatial) of this input, or none.")
@@ -122,6 +125,46 @@ def importance_map(inferer: SlidingWindowInferer, image_size: tuple[int, ...], r
         return inferer.roi_weight_map.to(device=device, dtype=torch.float32)
     return compute_importance_map(valid, mode=inferer.mode, sigma_scale=inferer.sigma_scale, device=device,
                                   dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Stitching:
+    """Where MONAI's sliding-window inference puts its windows on one input, as the CAMs of its stitched
+    output need it: the padded input, each window's blending weight ``imp`` and their sum ``count``.
+
+    Built by :func:`stitching`; :func:`sliding_cam` and the instances' batched CAM both use it."""
+
+    x_pad: torch.Tensor
+    imp: torch.Tensor
+    count: torch.Tensor
+    pad: list[int]
+    spatial: tuple[int, ...]
+
+    def upstream(self, grad: torch.Tensor) -> torch.Tensor:
+        """``dS/dL / count`` on the padded grid, for ``grad`` ``(..., *spatial)`` the gradient on the output."""
+        return (F.pad(grad, self.pad) if any(self.pad) else grad) / self.count
+
+    def crop(self, total: torch.Tensor) -> torch.Tensor:
+        """A map ``(..., *padded)`` summed over the windows, back on the input grid ``(..., *spatial)``."""
+        if not any(self.pad):
+            return total
+        crop = tuple(slice(self.pad[2 * k], self.pad[2 * k] + n) for k, n in enumerate(reversed(self.spatial)))
+        return total[(..., *crop[::-1])]
+
+
+def stitching(x: torch.Tensor, inferer: SlidingWindowInferer, roi: tuple[int, ...],
+              windows: list[Window]) -> Stitching:
+    """The :class:`Stitching` of ``x`` ``(B, C_in, *spatial)`` by ``inferer`` over its ``windows``."""
+    spatial = tuple(x.shape[2:])
+    pad = pad_sizes(spatial, roi)
+    image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
+    x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
+        if any(pad) else x
+    imp = importance_map(inferer, image_size, roi, x.device)
+    count = torch.zeros(image_size, device=x.device)
+    for _, sl in windows:
+        count[sl] += imp
+    return Stitching(x_pad, imp, count, pad, spatial)
 
 
 def _region_gradient(logits: torch.Tensor, targets: list[RegionTarget], regions: list[torch.Tensor],
@@ -152,24 +195,17 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
     spatial = tuple(x.shape[2:])
     roi = tuple(fall_back_tuple(inferer.roi_size, spatial))
     logits, windows = (forward_recording(cam.network, x, inferer, roi) if prediction is None
-                       else _known_prediction(x, prediction, inferer, roi))
+                       else known_prediction(x, prediction, inferer, roi))
     regions = cam.resolve_regions(logits, targets, affines)
     grad, scores = _region_gradient(logits, targets, regions, cam.score_sign)
 
-    pad = pad_sizes(spatial, roi)
-    image_size = tuple(max(n, r) for n, r in zip(spatial, roi))
-    x_pad = F.pad(x, pad, mode=look_up_option(inferer.padding_mode, PytorchPadMode), value=inferer.cval) \
-        if any(pad) else x
-    imp = importance_map(inferer, image_size, roi, x.device)
-    count = torch.zeros(image_size, device=x.device)
-    for _, sl in windows:
-        count[sl] += imp
-    upstream = F.pad(grad, pad) / count if any(pad) else grad / count
+    placed = stitching(x, inferer, roi, windows)
+    x_pad, imp, upstream = placed.x_pad, placed.imp, placed.upstream(grad)
 
     needed = [w for w in windows if not skip_empty or bool(upstream[(w[0], slice(None), *w[1])].any())]
     # one channel per map: several CAM variants can share each window's backward pass (cam_shared), and one
     # explainer with several target layers keeps one channel per level
-    total = torch.zeros((x.shape[0], getattr(cam, "n_maps", 1), *image_size), device=x.device)
+    total = torch.zeros((x.shape[0], getattr(cam, "n_maps", 1), *placed.count.shape), device=x.device)
     step = max(1, int(inferer.sw_batch_size))
     for start in tqdm(range(0, len(needed), step), desc="windows", disable=None if verbose else True, leave=False):
         batch = needed[start:start + step]
@@ -178,8 +214,5 @@ def sliding_cam(cam: WindowExplainer, x: torch.Tensor, targets: list[RegionTarge
         window_maps = resize_linear(cam.window_map(data, up), roi)
         for (b, sl), wmap in zip(batch, window_maps):
             total[(b, slice(None), *sl)] += wmap
-    if any(pad):
-        crop = tuple(slice(pad[2 * k], pad[2 * k] + n) for k, n in enumerate(reversed(spatial)))[::-1]
-        total = total[(slice(None), slice(None), *crop)]
     info = {"windows_total": len(windows), "windows_skipped": len(windows) - len(needed)}
-    return total, logits, regions, scores, info
+    return placed.crop(total), logits, regions, scores, info
