@@ -1,39 +1,73 @@
 #!/usr/bin/env bash
-# Retrain the example bundles on synthetic CT (generator version 2), then print each one's Dice on the held-out
-# generated cases (seeds 1000-1004, configs/evaluate.json) and on the real CT beside the checkout.
+# Retrain the example bundles on synthetic CT (generator version 2) by the staged recipe their committed
+# weights came from (each bundle's docs/README.md, "Training recipe"), then print each one's Dice on the
+# held-out generated cases (seeds 1000-1004, configs/evaluate.json) and on the real CT beside the checkout.
 #
 #   benchmarks/train_bundles.sh [BUNDLE ...]      # default: ct_spleen_unet3d ct_spleen_unet2d ct_organs_unetr3d
 #
-# Each training run uses one CPU thread at the lowest priority (on a shared 2-core machine two threads were
-# slower); logs and metric tables go to $LOG_DIR (default /tmp/monai_xres_train_logs). The real CT is only
-# evaluated, never trained on. TRAIN=0 skips training (evaluation of the committed weights only).
+# Every stage is configs/train.json with command-line overrides; a stage starts from the previous stage's best
+# validation checkpoint (`init_checkpoint`), the last stage writes the bundle's models/model.pt. Stages before
+# the last one ran without the low-resolution augmentation (RandSimulateLowResolutiond, added for the last
+# stage), hence its `prob 0.0` there. The real CT is only evaluated, never trained on or used to pick a
+# checkpoint (that is the synthetic validation Dice). Logs and checkpoints go to $WORK_DIR (default
+# /tmp/monai_xres_train); THREADS (default 1) CPU threads per run; TRAIN=0 skips training (evaluates the
+# committed weights only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-LOG_DIR=${LOG_DIR:-/tmp/monai_xres_train_logs}
+WORK_DIR=${WORK_DIR:-/tmp/monai_xres_train}
+THREADS=${THREADS:-1}
 REAL_CT=${REAL_CT:-$ROOT/../shared/data/ct_abdomen_3mm.nii.gz}
 REAL_LABELS=${REAL_LABELS:-$ROOT/../shared/data/ct_abdomen_3mm_labels.nii.gz}
-mkdir -p "$LOG_DIR"
 BUNDLES=("$@")
 [ ${#BUNDLES[@]} -gt 0 ] || BUNDLES=(ct_spleen_unet3d ct_spleen_unet2d ct_organs_unetr3d)
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=$THREADS
+
+stage() {  # stage BUNDLE NAME [OVERRIDE ...]: one train.json run into $WORK_DIR/BUNDLE/NAME
+    local b=$1 name=$2; shift 2
+    local out=$WORK_DIR/$b/$name start
+    mkdir -p "$out"
+    start=$(date +%s)
+    (cd "$ROOT/bundles/$b" && python -m monai.bundle run --config_file configs/train.json \
+        --num_threads "$THREADS" --ckpt_dir "$out" "$@" > "$out/train.log" 2>&1)
+    echo "$b $name: $(( $(date +%s) - start )) s, best validation: $(grep 'Key metric' "$out/train.log" | tail -1)"
+}
+
+train() {
+    local b=$1 w=$WORK_DIR/$1
+    case $b in
+    ct_spleen_unet3d)  # the low-resolution augmentation is random transform 4
+        stage "$b" s1 --max_epochs 10 --lr_scheduler#T_max 60 --val_interval 10 --train#random_transforms#4#prob 0.0
+        stage "$b" s2 --init_checkpoint "$w/s1/model.pt" --max_epochs 30 --val_interval 5 --learning_rate 0.001 \
+            --train#random_transforms#4#prob 0.0
+        stage "$b" s3 --init_checkpoint "$w/s2/model.pt" --max_epochs 25 --val_interval 5 --learning_rate 0.001 ;;
+    ct_spleen_unet2d)  # random transform 5
+        stage "$b" s1 --max_epochs 10 --lr_scheduler#T_max 80 --val_interval 10 --train#random_transforms#5#prob 0.0
+        stage "$b" s2 --init_checkpoint "$w/s1/model.pt" --max_epochs 20 --val_interval 5 --learning_rate 0.001 ;;
+    ct_organs_unetr3d)  # from the previous release's weights (generator version 1, commit d8e42f7)
+        mkdir -p "$w"
+        git -C "$ROOT" show d8e42f7:bundles/ct_organs_unetr3d/models/model.pt > "$w/v1.pt"
+        stage "$b" s2 --init_checkpoint "$w/v1.pt" --max_epochs 6 --lr_scheduler#T_max 8 --val_interval 2 \
+            --learning_rate 0.001
+        stage "$b" s3 --init_checkpoint "$w/s2/model.pt" --max_epochs 6 --val_interval 2 --learning_rate 0.0007 \
+            --train#random_transforms#2#num_samples 1 ;;
+    esac
+    cp "$(ls -d "$w"/s* | tail -1)/model.pt" "$ROOT/bundles/$b/models/model.pt"
+}
 
 for b in "${BUNDLES[@]}"; do
+    [ "${TRAIN:-1}" = 0 ] || train "$b"
     cd "$ROOT/bundles/$b"
-    if [ "${TRAIN:-1}" != 0 ]; then
-        start=$(date +%s)
-        nice -n 19 python -m monai.bundle run --config_file configs/train.json --num_threads 1 > "$LOG_DIR/$b.train.log" 2>&1
-        echo "$b: trained in $(( $(date +%s) - start )) s (log: $LOG_DIR/$b.train.log)"
-    fi
-    nice -n 19 python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']" \
-        --output_dir "$LOG_DIR/$b.heldout" > "$LOG_DIR/$b.heldout.log" 2>&1
-    echo "$b held-out (seeds 1000-1004):"; cat "$LOG_DIR/$b.heldout/test_mean_dice_raw.csv"
+    python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']" \
+        --output_dir "$WORK_DIR/$b/heldout" > "$WORK_DIR/$b.heldout.log" 2>&1
+    echo "$b held-out (seeds 1000-1004):"; cat "$WORK_DIR/$b/heldout/test_mean_dice_raw.csv"
     if [ -f "$REAL_CT" ]; then
         # TotalSegmentator ids of spleen, right kidney, left kidney, liver (the UNETR bundle's four classes)
         extra=(); [ "$b" = ct_organs_unetr3d ] && extra=(--reference_labels "[1, 2, 3, 5]")
-        nice -n 19 python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']" \
+        python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']" \
             --dataset#data "[{'image': '$REAL_CT', 'reference': '$REAL_LABELS'}]" "${extra[@]}" \
-            --output_dir "$LOG_DIR/$b.real" > "$LOG_DIR/$b.real.log" 2>&1
-        echo "$b real CT:"; cat "$LOG_DIR/$b.real/test_mean_dice_raw.csv"
+            --output_dir "$WORK_DIR/$b/real" > "$WORK_DIR/$b.real.log" 2>&1
+        echo "$b real CT:"; cat "$WORK_DIR/$b/real/test_mean_dice_raw.csv"
     fi
+    cd "$ROOT"
 done

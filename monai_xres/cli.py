@@ -241,11 +241,13 @@ def _nnunet(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from monai_xres.apps.demo import run_demo
+    from monai_xres.apps.demo import demo_dice, run_demo
 
     output_dir = str(_checked(checks.check_output_dir, args.output_dir))
     with output_lock(output_dir):
-        return report_written(run_demo(output_dir, args.rise_masks), output_dir)
+        status = report_written(run_demo(output_dir, args.rise_masks), output_dir)
+    print(f"The network's spleen Dice on this case (against its sample label): {demo_dice(output_dir):.3f}")
+    return status
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -155,17 +155,24 @@ def small_cases(tmp_path_factory) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_train_config_runs(name, tmp_path, small_cases):
-    """train.json (its caching, augmentation and validation) runs end to end on one generated case (one epoch)
-    and saves loadable weights."""
+    """train.json (its caching, augmentation and validation) runs end to end on one generated case (one epoch),
+    warm-started from the committed weights as the staged recipe does (``init_checkpoint``), and saves loadable
+    weights."""
     root = _bundle(name)
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "train.json"))
     assert "generate_dataset(@dataset_dir, @train_seeds)" in parser["train_datalist"]
+    assert parser["init_checkpoint"] is None  # from scratch unless asked
+    committed = root / "models" / "model.pt"
     workflow = ConfigWorkflow(config_file=str(root / "configs" / "train.json"), workflow_type="train",
                               meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root),
-                              train_datalist=small_cases[:1], val_datalist=small_cases[1:],
-                              max_epochs=1, val_interval=1, ckpt_dir=str(tmp_path / "models"), num_threads=1)
+                              train_datalist=small_cases[:1], val_datalist=small_cases[1:], max_epochs=1,
+                              val_interval=1, ckpt_dir=str(tmp_path / "models"), num_threads=1,
+                              init_checkpoint=str(committed))
     workflow.initialize()
+    loaded = workflow.parser.get_parsed_content("network").state_dict()
+    for key, value in torch.load(committed, weights_only=True).items():
+        torch.testing.assert_close(loaded[key], value.to(loaded[key].dtype), rtol=0, atol=0, msg=key)
     workflow.run()
     workflow.finalize()
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
