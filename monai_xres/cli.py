@@ -246,7 +246,8 @@ def _demo(args: argparse.Namespace) -> int:
     output_dir = str(_checked(checks.check_output_dir, args.output_dir))
     with output_lock(output_dir):
         status = report_written(run_demo(output_dir, args.rise_masks), output_dir)
-    print(f"The network's spleen Dice on this case (against its sample label): {demo_dice(output_dir):.3f}")
+    if (dice := demo_dice(output_dir)) is not None:
+        print(f"The network's spleen Dice on this case (against its sample label): {dice:.3f}")
     return status
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from monai_xres import sample_anatomy
+from monai_xres import sample_anatomy, sample_render
 
 __all__ = ["FOV_MM", "GENERATOR_VERSION", "LABELS", "case_paths", "generate_case", "generate_dataset",
            "save_case"]
@@ -120,7 +120,7 @@ def generate_case(seed: int, spacing: Sequence[float] | None = None, shape: Sequ
             field = ndimage.zoom(field, [n / c for n, c in zip(shape, coarse)], order=1)
         return field / max(float(field.std()), 1e-6)
 
-    hu, lab = sample_anatomy.render(p, anatomy, texture, box)
+    hu, lab = sample_render.render(p, anatomy, texture, box)
     del p
     h = anatomy["hu"]
     psf = np.array([h["psf_mm"], h["psf_mm"], g["thickness"] * spacing[2]]) / 2.355  # FWHM -> sigma (mm)

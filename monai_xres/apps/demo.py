@@ -53,14 +53,17 @@ def demo_case() -> Path:
     return shipped_root() / "sample_data" / "images" / DEMO_CASE_NAME
 
 
-def demo_dice(output_dir: str) -> float:
+def demo_dice(output_dir: str) -> float | None:
     """The demo segmentation's spleen Dice against the demo case's sample label, on the scan grid: the demo
-    explains a case the network gets right, and says so."""
+    explains a case the network gets right, and says so. None when the run wrote no segmentation."""
     import nibabel as nib
     import numpy as np
 
     stem = DEMO_CASE_NAME[: -len(".nii.gz")]
-    seg = np.asarray(nib.load(Path(output_dir) / stem / f"{stem}_seg.nii.gz").dataobj) == 1
+    seg_path = Path(output_dir) / stem / f"{stem}_seg.nii.gz"
+    if not seg_path.is_file():
+        return None
+    seg = np.asarray(nib.load(seg_path).dataobj) == 1
     truth = np.asarray(nib.load(demo_case().parent.parent / "labels" / DEMO_CASE_NAME).dataobj) == 1
     return float(2 * (seg & truth).sum() / max(int(seg.sum() + truth.sum()), 1))
 
