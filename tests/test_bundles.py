@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from bundle_runs import bundle_dir as _bundle
+from bundle_runs import dice as _dice
+from bundle_runs import metadata as _metadata
+from bundle_runs import run_bundle as _run
+from bundle_runs import segment as _segment
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_xres.sample_data import case_paths, generate_dataset
@@ -27,35 +32,6 @@ NAMES = ("ct_spleen_unet3d", "ct_spleen_unet2d", "ct_organs_unetr3d")
 # ids of the model zoo's spleen_ct_segmentation inference.json, which overlays (explain.json) rely on
 ZOO_IDS = ("bundle_root", "device", "network_def", "network", "preprocessing", "dataset", "dataloader", "inferer",
            "postprocessing", "handlers", "evaluator", "checkpointloader", "initialize", "run")
-
-
-def _bundle(name: str) -> Path:
-    return REPO / "bundles" / name
-
-
-def _run(name: str, overlays: list[str] | None = None, **override) -> None:
-    """Run ``inference.json`` (plus overlays) of bundle ``name`` the way ``monai.bundle run`` does."""
-    root = _bundle(name)
-    files = [str(root / "configs" / "inference.json"), *(overlays or [])]
-    workflow = ConfigWorkflow(config_file=files, meta_file=str(root / "configs" / "metadata.json"),
-                              workflow_type="infer", bundle_root=str(root), **override)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-
-
-def _segment(name: str, image: str, out_dir: Path) -> Path:
-    _run(name, datalist=[image], output_dir=str(out_dir))
-    stem = Path(image).name.removesuffix(".nii.gz")
-    return out_dir / stem / f"{stem}_seg.nii.gz"
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
-
-
-def _metadata(name: str) -> dict:
-    return json.loads((_bundle(name) / "configs" / "metadata.json").read_text())
 
 
 @pytest.mark.parametrize("name", NAMES)
