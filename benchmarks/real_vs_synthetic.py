@@ -2,8 +2,8 @@
 
 Prints one markdown table: per structure (spleen, liver, kidneys, subcutaneous fat, paraspinal muscle) the
 volume (mL) and the HU mean, SD and 5th/50th/95th percentiles of the structure's core (one voxel eroded, away
-from partial volume), for the real scan and for synthetic cases of generator version 2 (the median, and the
-10th-90th percentile range, over the cases; all phases, and non-contrast only, the real scan's phase). The
+from partial volume), for the real scan and for synthetic cases of the present generator version (the median, and
+the 10th-90th percentile range, over the cases; all phases, and non-contrast only, the real scan's phase). The
 real scan is only *looked at* (it is never used for training). Optionally writes the histograms as a PNG.
 
 Masks. Real: TotalSegmentator labels (1 spleen, 2/3 kidneys, 5 liver, 86/87 autochthonous back muscles);
@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_xres import sample_anatomy
-from monai_xres.sample_data import FOV_MM, _draw_grid, generate_case
+from monai_xres.sample_data import FOV_MM, GENERATOR_VERSION, _draw_grid, generate_case
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 STRUCTURES = ("spleen", "liver", "kidneys", "subcutaneous fat", "paraspinal muscle")
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     synth = [synthetic_stats(2000 + i) for i in range(args.n_cases)]
     phases = [ph for _, ph in synth]
     print(f"Real: {REAL / 'ct_abdomen_3mm.nii.gz'} (non-contrast, 9 cm crop: volumes partial). Synthetic: "
-          f"{len(synth)} cases, seeds 2000-{1999 + len(synth)}, generator 2, 3 mm voxels, full field; phases "
+          f"{len(synth)} cases, seeds 2000-{1999 + len(synth)}, generator {GENERATOR_VERSION}, 3 mm voxels, full "
+          "field; phases "
           + ", ".join(f"{p} {phases.count(p)}" for p in sample_anatomy.PHASES) + ".")
     print("Synthetic columns: median [10th, 90th percentile] over the cases of each case's value.\n")
     print("| structure | quantity | real | synthetic, all phases | synthetic, non-contrast |")

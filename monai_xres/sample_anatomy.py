@@ -1,9 +1,9 @@
-"""Adult-sized abdominal anatomy for :mod:`monai_xres.sample_data` (generator version 2).
+"""Adult-sized abdominal anatomy for :mod:`monai_xres.sample_data` (generator version 3).
 
 Everything is drawn per seed in the patient frame, in millimetres (RAS: +x right, +y anterior, +z superior;
 x = 0 on the midline, y = 0 half-way through the trunk, z = 0 near the renal hila, about L1-L2), then
 painted on any grid by :mod:`monai_xres.sample_render`. Sizes and positions follow textbook adult values
-(trunk 28-40 x 19-29 cm; spleen 9-13 cm long, 100-400 mL, under the left hemidiaphragm against ribs 9-11;
+(trunk 28-40 x 19-29 cm; spleen 9-14 cm long, 100-450 mL, under the left hemidiaphragm against ribs 9-11;
 liver 1.2-2.2 L; kidneys 10-12.5 cm, the left higher; vertebrae 4-5 cm wide). Hounsfield units are drawn
 per contrast phase (non-contrast, arterial, portal venous) from published ranges, plus a per-scan calibration
 offset.
@@ -109,9 +109,9 @@ def draw(rng: np.random.Generator) -> dict:
                           "fat": 1 + float(np.clip(b["sc"] / 60, 0.06, 0.4)) * np.array([u(0.8, 1.2), 1.0, 0.6])}
     # spleen: against the posterolateral wall above and lateral to the left kidney, long axis along the 10th
     # rib (upper pole posterior), convex side following the wall; the diaphragm dome lies just above it
-    sc = float(np.exp(rng.normal(0.0, 0.14)))  # volume: median ~200 mL, 10-90%: 120-310 mL
+    sc = float(np.exp(rng.normal(0.06, 0.14)))  # volume: median ~220 mL, 10-90%: 140-350 mL
     semi = np.array([u(52, 66), u(32, 42), u(19, 26)]) * sc
-    alpha, beta = np.deg2rad(u(60, 92)), np.deg2rad(u(45, 75))
+    alpha, beta = np.deg2rad(u(50, 92)), np.deg2rad(u(45, 75))  # from lateral to posterolateral
     radial = np.array([-np.sin(alpha), -np.cos(alpha), 0.0])
     tangent = np.array([-np.cos(alpha), np.sin(alpha), 0.0])
     e_u = np.cos(beta) * tangent - np.sin(beta) * np.array([0, 0, 1.0])
@@ -125,8 +125,11 @@ def draw(rng: np.random.Generator) -> dict:
     rec = float(recess({"floor": floor, "slope": slope, "climb": climb}, np.array(zc), np.array(psi)))
     xy = radial[:2] * (r_cav - rec - semi[2] - u(2, 6))
     a["spleen"] = {"c": (xy[0], xy[1], zc), "semi": tuple(semi), "rot": rot,
-                   "bend": u(120, 220), "warp": _warp(rng, u(2, 4.5)),
-                   "notches": [(u(-0.8, 0.8), u(0.6, 1.0), u(6, 12)) for _ in range(int(rng.integers(0, 4)))]}
+                   "bend": u(70, 220), "warp": _warp(rng, u(2, 4.5)),  # bend: from a crescent to nearly straight
+                   "notches": [(u(-0.8, 0.8), u(0.6, 1.0), u(6, 12)) for _ in range(int(rng.integers(0, 4)))],
+                   # in one case in two the upper pole wraps medially (behind the stomach): a second lobe there
+                   "lobe": (bool(rng.random() < 0.5), (-u(0.4, 0.8), u(-0.5, 0.5), u(0.3, 0.8)),
+                            (u(0.35, 0.55), u(0.5, 0.8), u(0.6, 0.9)))}
     top = zc + float(np.sqrt(((rot[2] * semi) ** 2).sum()))
     apex, k = np.array([-u(50, 80), u(-10, 25)]), u(70, 110) / 130 ** 2
     reach = max(np.linalg.norm(xy - apex), np.linalg.norm(xy - semi[0] * np.cos(beta) * tangent[:2] - apex))
@@ -191,8 +194,8 @@ def draw(rng: np.random.Generator) -> dict:
 def _hounsfield(rng: np.random.Generator) -> tuple[dict, str]:
     """Tissue Hounsfield units of one scan: non-contrast values, plus the enhancement of its phase."""
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
-    h = {"fat": u(-120, -85), "muscle": u(15, 55), "blood": u(35, 52), "spleen": u(36, 55), "kidney_c": u(18, 40),
-         "pancreas": u(28, 50), "bowel": u(20, 45), "lung": u(-900, -800), "bone": u(450, 950), "marrow": u(110, 280),
+    h = {"fat": u(-120, -85), "muscle": u(15, 55), "blood": u(35, 52), "spleen": u(32, 55), "kidney_c": u(18, 40),
+         "pancreas": u(28, 50), "bowel": u(20, 45), "lung": u(-900, -800), "bone": u(450, 950), "marrow": u(90, 220),
          "cartilage": u(70, 160), "bile": u(0, 20), "urine": u(0, 15), "disc": u(65, 110), "csf": u(5, 25),
          "fluid": u(0, 25), "offset": u(-15, 10)}
     fatty, normal = u(-30, -5), u(-2, 20)  # the liver is brighter than the spleen, unless fatty (1 in 4)
@@ -203,7 +206,7 @@ def _hounsfield(rng: np.random.Generator) -> tuple[dict, str]:
                                 u(50, 100), u(3, 12), u(25, 70))))
     portal = dict(zip(names, (u(90, 160), u(80, 140), u(100, 170), u(55, 95), u(40, 75), u(100, 170), u(70, 140),
                               u(40, 75), u(6, 18), u(25, 60))))
-    phase = int(rng.choice(3, p=(0.35, 0.25, 0.40)))
+    phase = int(rng.choice(3, p=(0.5, 0.2, 0.3)))  # non-contrast scans are common in practice
     enh = ({}, arterial, portal)[phase]
     for k in ("aorta", "vein", "portal"):
         h[k] = h["blood"] + enh.get(k, 0.0)

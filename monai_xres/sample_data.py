@@ -31,7 +31,7 @@ __all__ = ["FOV_MM", "GENERATOR_VERSION", "LABELS", "case_paths", "generate_case
            "save_case"]
 
 LABELS = {0: "background", 1: "spleen", 2: "right_kidney", 3: "left_kidney", 4: "liver"}
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 FOV_MM = (460.0, 380.0, 240.0)  # largest left-right, anterior-posterior, superior-inferior field of view drawn
 
 def _grid_affine(spacing: np.ndarray, shape: Sequence[int], tilt: np.ndarray | None,

@@ -1,4 +1,4 @@
-"""Painting the anatomy of :mod:`monai_xres.sample_anatomy` on a grid (generator version 2): structure by
+"""Painting the anatomy of :mod:`monai_xres.sample_anatomy` on a grid (generator version 3): structure by
 structure, in Hounsfield units and labels, from the per-seed description that :func:`sample_anatomy.draw`
 returns. Later structures overwrite earlier ones, labels included.
 """
@@ -156,6 +156,9 @@ def _render_organs(cv: _Canvas, a: dict, abdomen: np.ndarray, texture, grain: np
     q = (sp["warp"](P) - c.astype(P.dtype)) @ rot.astype(P.dtype)
     q[..., 2] -= (q[..., 0] ** 2 + q[..., 1] ** 2) / (2 * sp["bend"])
     spleen = ell(q, (0, 0, 0), semi) <= 1
+    wrap, (lu, lv, lw), lobe = sp["lobe"]
+    if wrap:
+        spleen |= ell(q, (lu * semi[0], lv * semi[1], lw * semi[2]), semi * lobe) <= 1
     spleen &= ell(q, (0, 0, semi[2]), semi * (0.3, 0.25, 0.5)) > 1
     for fu, fv, r in sp["notches"]:
         spleen &= ell(q, (fu * semi[0], fv * semi[1], 0), (r, r, semi[2] * 1.5)) > 1

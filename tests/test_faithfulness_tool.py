@@ -35,3 +35,14 @@ def test_the_readme_command_writes_the_sweep_and_the_table_between_the_markers(t
     assert tool.main(["--quick", "--bundles", "ct_spleen_unet2d", "--output-dir", str(tmp_path / "again"),
                       "--readme", str(readme)]) == 2
     assert not (tmp_path / "again").exists()
+
+
+def test_a_reduced_sweep_applies_to_the_bundles_named_and_says_so():
+    tool = _tool()
+    args = tool.argparse.Namespace(quick=False, cases=2, steps=5, rise_masks=32, reduced_for=["ct_organs_unetr3d"])
+    assert tool._sweep_size(args, "ct_organs_unetr3d") == (2, 5, 32, True)
+    assert tool._sweep_size(args, "ct_spleen_unet3d") == (None, 10, 100, False)
+    args.reduced_for = None  # without --reduced-for the reduction is for every bundle
+    assert tool._sweep_size(args, "ct_spleen_unet3d") == (2, 5, 32, True)
+    args.cases, args.steps, args.rise_masks = None, 10, 100
+    assert tool._sweep_size(args, "ct_spleen_unet3d") == (None, 10, 100, False)

@@ -20,7 +20,9 @@ Usage (from the repository root)::
 writes ``outputs/faithfulness/<bundle>/<cases>/`` (each evaluation's full report), ``readme_section.md``
 and ``ranking.json`` there, and with ``--readme`` replaces README's text between the two
 ``faithfulness`` markers. ``--quick``: 1 case, 3 steps, 8 RISE masks (checks that it runs; numbers mean nothing);
-``--cases N --steps S --rise-masks M``: a reduced sweep (say so wherever its numbers are used).
+``--cases N --steps S --rise-masks M``: a reduced sweep (say so wherever its numbers are used); with
+``--reduced-for BUNDLE ...`` only those bundles are reduced (the others get the full sweep). Each bundle's
+heading in the section states its cases, steps and RISE masks.
 """
 
 from __future__ import annotations
@@ -130,8 +132,8 @@ def _section(results: list[dict], note: str) -> str:
             "faithful):", "", *_type_choice(results), ""]
     for r in results:
         head = f"#### {r['bundle']} ({r['network']}), {r['cases']}"
-        weights = (f"Weights `models/model.pt` sha256 {r['sha256'][:12]}; {r['n']} case(s); default layer "
-                   f"`{r['default']}`")
+        weights = (f"Weights `models/model.pt` sha256 {r['sha256'][:12]}; {r['n']} case(s), {r['size']}; default "
+                   f"layer `{r['default']}`")
         if not r["n"]:
             reasons = "; ".join(f"{s['case']}: {s['reason']}" for s in r["skipped"])
             out += [head, "", f"{weights}. No case to evaluate: {reasons}", ""]
@@ -142,20 +144,29 @@ def _section(results: list[dict], note: str) -> str:
     return "\n".join(out + [END])
 
 
+def _sweep_size(args: argparse.Namespace, bundle_name: str) -> tuple[int | None, int, int, bool]:
+    """``(cases, steps, RISE masks, reduced)`` for one bundle: the reduction applies to ``--reduced-for`` only."""
+    if args.quick:
+        return 1, 3, 8, True
+    if args.reduced_for and bundle_name not in args.reduced_for:
+        return None, 10, 100, False
+    return args.cases, args.steps, args.rise_masks, bool(args.cases or args.steps != 10 or args.rise_masks != 100)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    datasets = [("sample cases", [str(i) for i, _ in sample_cases()], [str(lb) for _, lb in sample_cases()])]
+    all_cases = [("sample cases", [str(i) for i, _ in sample_cases()], [str(lb) for _, lb in sample_cases()])]
     if args.real_ct:
-        datasets.append(("real CT", [args.real_ct], [args.real_labels]))
-    if args.quick or args.cases:
-        n = 1 if args.quick else args.cases
-        datasets = [(name, images[:n], labels[:n]) for name, images, labels in datasets]
-    settings = EvaluationSettings(n_steps=3 if args.quick else args.steps, randomisation_steps=args.randomisation_steps,
-                                  reference="RISE", batch_size=8)
+        all_cases.append(("real CT", [args.real_ct], [args.real_labels]))
     results = []
     for bundle_name in args.bundles:
+        n, steps, masks, reduced = _sweep_size(args, bundle_name)
+        datasets = [(name, images[:n], labels[:n]) for name, images, labels in all_cases]
+        settings = EvaluationSettings(n_steps=steps, randomisation_steps=args.randomisation_steps, reference="RISE",
+                                      batch_size=8)
+        size = f"{steps} deletion/insertion steps, {masks} RISE masks" + (", a reduced sweep" if reduced else "")
         bundle = shipped_bundle(bundle_name)
         network, parser = bundle_network(bundle)
-        factories, layer_of, default = _factories(network, 8 if args.quick else args.rise_masks)
+        factories, layer_of, default = _factories(network, masks)
         for cases_name, images, labels in datasets:
             start = time.time()
             out = Path(args.output_dir) / bundle_name / cases_name.replace(" ", "_")
@@ -166,7 +177,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             write_report(evaluation, out)
             swept = _subset(evaluation, set(layer_of) | set(evaluation.baselines))
             at_default = _subset(evaluation, {m for m in evaluation.methods if layer_of.get(m, default) == default})
-            results.append({"bundle": bundle_name, "network": type(network).__name__, "cases": cases_name,
+            results.append({"bundle": bundle_name, "network": type(network).__name__, "cases": cases_name, "size": size,
                             "n": len({r["case"] for r in evaluation.records}), "default": default,
                             "type_default": str(network_type(network).default_layer),
                             "sha256": sha256_file(bundle / "models" / "model.pt"),
@@ -191,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps")
     parser.add_argument("--randomisation-steps", type=int, default=2)
     parser.add_argument("--cases", type=int, help="only the first N cases of each set (a reduced sweep)")
+    parser.add_argument("--reduced-for", nargs="+", choices=BUNDLES,
+                        help="apply --cases/--steps/--rise-masks to these bundles only")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if bool(args.real_ct) != bool(args.real_labels):
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     section = _section(results, args.note)
     atomic_write_text(out / "readme_section.md", section + "\n")
-    keys = ("bundle", "cases", "n", "default", "ranking", "seconds", "sha256", "skipped")
+    keys = ("bundle", "cases", "n", "size", "default", "ranking", "seconds", "sha256", "skipped")
     atomic_write_text(out / "ranking.json", json.dumps([{k: r[k] for k in keys} for r in results], indent=1))
     if args.readme:
         text = Path(args.readme).read_text(encoding="utf-8")  # as it is now: other edits meanwhile are kept

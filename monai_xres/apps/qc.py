@@ -158,7 +158,7 @@ def write_case_qc(writer: Any, data: Mapping) -> list[str]:
     logits = predict(_network(writer), x, writer.inferer)
     written: list[str] = []
     if settings.slicer:
-        written += _write_segmentation(writer, image, logits, settings)
+        written += _write_segmentation(writer, image, logits, settings, data.get("pred"))
     if settings.instances:
         for name, spec in writer.regions.items():
             suffix = "" if len(writer.regions) == 1 else f"_{name}"
@@ -167,17 +167,30 @@ def write_case_qc(writer: Any, data: Mapping) -> list[str]:
     return written
 
 
-def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, settings: QCSettings) -> list[str]:
+def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, settings: QCSettings,
+                        bundle_pred: Any = None) -> list[str]:
     # as the bundles' own postprocessing: softmax, inverted linearly to the scan, then argmax
     probs = logits[0].softmax(0) if logits.shape[1] > 1 else logits[0].sigmoid()
     probs = writer._invert({"saliency": like_image(probs, image)})["saliency"]
     labels = probs.argmax(0, keepdim=True) if probs.shape[0] > 1 else (probs > 0.5).to(torch.int64)
+    if _is_label_map_like(bundle_pred, labels):  # the evaluator's own result (e.g. largest component kept): the
+        labels = MetaTensor(bundle_pred.as_tensor().round().to(torch.int64), affine=labels.affine)  # same file
     values = sorted(int(v) for v in torch.unique(labels.as_tensor()) if int(v) > 0)
     classes = sorted({*values, *(int(k) for k in settings.class_names if int(k) > 0)})
     segments = [{"value": c, "name": settings.name(c)} for c in classes if c < logits.shape[1]]
     seg = write_seg_nrrd(_path(writer, image, "seg", ".seg.nrrd"), labels[0].int().cpu().numpy(),
                          labels.affine.cpu().numpy(), segments, image_space(labels))
     return [seg, write_color_table(_path(writer, image, "saliency", ".ctbl"))]
+
+
+def _is_label_map_like(pred: Any, labels: MetaTensor) -> bool:
+    """Whether ``pred`` (the evaluator's post-processed output) is a label map on the grid of ``labels``."""
+    if not isinstance(pred, MetaTensor) or tuple(pred.shape) != tuple(labels.shape):
+        return False
+    values = pred.as_tensor()
+    return bool(torch.equal(values, values.round())) and torch.allclose(
+        torch.as_tensor(pred.affine, dtype=torch.float64), torch.as_tensor(labels.affine, dtype=torch.float64),
+        atol=1e-4)
 
 
 def _write_instances(writer: Any, data: Mapping, image: MetaTensor, x: torch.Tensor, logits: torch.Tensor,
