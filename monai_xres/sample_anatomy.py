@@ -3,7 +3,7 @@
 Everything is drawn per seed in the patient frame, in millimetres (RAS: +x right, +y anterior, +z superior;
 x = 0 on the midline, y = 0 half-way through the trunk, z = 0 near the renal hila, about L1-L2), then
 painted on any grid by :mod:`monai_xres.sample_render`. Sizes and positions follow textbook adult values
-(trunk 28-40 x 19-29 cm; spleen 9-14 cm long, 100-450 mL, under the left hemidiaphragm against ribs 9-11;
+(trunk 28-40 x 19-29 cm; spleen 9-13 cm long, 100-400 mL, under the left hemidiaphragm against ribs 9-11;
 liver 1.2-2.2 L; kidneys 10-12.5 cm, the left higher; vertebrae 4-5 cm wide). Hounsfield units are drawn
 per contrast phase (non-contrast, arterial, portal venous) from published ranges, plus a per-scan calibration
 offset.
@@ -109,7 +109,7 @@ def draw(rng: np.random.Generator) -> dict:
                           "fat": 1 + float(np.clip(b["sc"] / 60, 0.06, 0.4)) * np.array([u(0.8, 1.2), 1.0, 0.6])}
     # spleen: against the posterolateral wall above and lateral to the left kidney, long axis along the 10th
     # rib (upper pole posterior), convex side following the wall; the diaphragm dome lies just above it
-    sc = float(np.exp(rng.normal(0.06, 0.14)))  # volume: median ~220 mL, 10-90%: 140-350 mL
+    sc = float(np.exp(rng.normal(0.06, 0.14)))  # volume (with the lobe below): median ~180 mL, 10-90%: 90-390 mL
     semi = np.array([u(52, 66), u(32, 42), u(19, 26)]) * sc
     alpha, beta = np.deg2rad(u(50, 92)), np.deg2rad(u(45, 75))  # from lateral to posterolateral
     radial = np.array([-np.sin(alpha), -np.cos(alpha), 0.0])

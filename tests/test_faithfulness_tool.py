@@ -23,12 +23,12 @@ def test_the_readme_command_writes_the_sweep_and_the_table_between_the_markers(t
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
     assert "**a note**" in text and "ct_spleen_unet2d (UNet), sample cases: layer sweep" in text
-    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder1`" in text
+    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder2`" in text
     for row in ("HiResCAM @ bottleneck", "Seg-XRes-CAM mean w2 @ decoder3+decoder2+decoder1", "RISE",
-                "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder1"):
+                "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder2"):
         assert f"| {row} |" in text, row
     (result,) = json.loads((tmp_path / "out" / "ranking.json").read_text())
-    assert result["default"] == "decoder1" and set(result["ranking"]) == {
+    assert result["default"] == "decoder2" and set(result["ranking"]) == {
         "bottleneck", "decoder3", "decoder2", "decoder1", "head-input"}
     assert (tmp_path / "out" / "ct_spleen_unet2d" / "sample_cases" / "faithfulness.md").is_file()
     readme.write_text("no markers")  # refused before any work: no new output
