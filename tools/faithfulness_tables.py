@@ -57,6 +57,7 @@ COLUMNS_TOP = ["masking_top1pct_dice", "masking_top2pct_dice", "masking_top5pct_
 COLUMNS = COLUMNS_TOP + ["masking_dice_0mm", "masking_retained_0mm", "deletion_auc", "insertion_auc",
                          "randomisation_spearman", "randomisation_flagged"]
 BEGIN, END = "<!-- faithfulness:begin -->", "<!-- faithfulness:end -->"
+FULL_STEPS, FULL_RISE_MASKS = 10, 100  # the full sweep; fewer is a reduced one
 
 
 def _label(name: str, params: dict) -> str:
@@ -149,8 +150,9 @@ def _sweep_size(args: argparse.Namespace, bundle_name: str) -> tuple[int | None,
     if args.quick:
         return 1, 3, 8, True
     if args.reduced_for and bundle_name not in args.reduced_for:
-        return None, 10, 100, False
-    return args.cases, args.steps, args.rise_masks, bool(args.cases or args.steps != 10 or args.rise_masks != 100)
+        return None, FULL_STEPS, FULL_RISE_MASKS, False
+    reduced = bool(args.cases or args.steps != FULL_STEPS or args.rise_masks != FULL_RISE_MASKS)
+    return args.cases, args.steps, args.rise_masks, reduced
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -198,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="outputs/faithfulness")
     parser.add_argument("--readme", help="README to update between the faithfulness markers")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. which weights)")
-    parser.add_argument("--rise-masks", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps")
+    parser.add_argument("--rise-masks", type=int, default=FULL_RISE_MASKS)
+    parser.add_argument("--steps", type=int, default=FULL_STEPS, help="deletion/insertion steps")
     parser.add_argument("--randomisation-steps", type=int, default=2)
     parser.add_argument("--cases", type=int, help="only the first N cases of each set (a reduced sweep)")
     parser.add_argument("--reduced-for", nargs="+", choices=BUNDLES,

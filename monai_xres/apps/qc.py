@@ -169,12 +169,11 @@ def write_case_qc(writer: Any, data: Mapping) -> list[str]:
 
 def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, settings: QCSettings,
                         bundle_pred: Any = None) -> list[str]:
-    # as the bundles' own postprocessing: softmax, inverted linearly to the scan, then argmax
-    probs = logits[0].softmax(0) if logits.shape[1] > 1 else logits[0].sigmoid()
-    probs = writer._invert({"saliency": like_image(probs, image)})["saliency"]
-    labels = probs.argmax(0, keepdim=True) if probs.shape[0] > 1 else (probs > 0.5).to(torch.int64)
-    if _is_label_map_like(bundle_pred, labels):  # the evaluator's own result (e.g. largest component kept): the
-        labels = MetaTensor(bundle_pred.as_tensor().round().to(torch.int64), affine=labels.affine)  # same file
+    labels = _bundle_labels(bundle_pred, image)  # the evaluator's own result (e.g. largest component kept)
+    if labels is None:  # none on the scan grid: the bundles' own steps, softmax, inverted linearly, argmax
+        probs = logits[0].softmax(0) if logits.shape[1] > 1 else logits[0].sigmoid()
+        probs = writer._invert({"saliency": like_image(probs, image)})["saliency"]
+        labels = probs.argmax(0, keepdim=True) if probs.shape[0] > 1 else (probs > 0.5).to(torch.int64)
     values = sorted(int(v) for v in torch.unique(labels.as_tensor()) if int(v) > 0)
     classes = sorted({*values, *(int(k) for k in settings.class_names if int(k) > 0)})
     segments = [{"value": c, "name": settings.name(c)} for c in classes if c < logits.shape[1]]
@@ -183,14 +182,18 @@ def _write_segmentation(writer: Any, image: MetaTensor, logits: torch.Tensor, se
     return [seg, write_color_table(_path(writer, image, "saliency", ".ctbl"))]
 
 
-def _is_label_map_like(pred: Any, labels: MetaTensor) -> bool:
-    """Whether ``pred`` (the evaluator's post-processed output) is a label map on the grid of ``labels``."""
-    if not isinstance(pred, MetaTensor) or tuple(pred.shape) != tuple(labels.shape):
-        return False
+def _bundle_labels(pred: Any, image: MetaTensor) -> MetaTensor | None:
+    """The evaluator's post-processed ``pred`` as int64 labels ``(1, *spatial)`` when it is a label map on the
+    scan's own grid (``image``'s loaded ``spatial_shape`` and ``original_affine``), else None."""
+    meta = image.meta
+    if not isinstance(pred, MetaTensor) or pred.shape[0] != 1 or not {"spatial_shape", "original_affine"} <= set(meta):
+        return None
     values = pred.as_tensor()
-    return bool(torch.equal(values, values.round())) and torch.allclose(
-        torch.as_tensor(pred.affine, dtype=torch.float64), torch.as_tensor(labels.affine, dtype=torch.float64),
-        atol=1e-4)
+    on_grid = tuple(pred.shape[1:]) == tuple(int(n) for n in meta["spatial_shape"]) and np.allclose(
+        np.asarray(pred.affine, dtype=np.float64), np.asarray(meta["original_affine"], dtype=np.float64), atol=1e-4)
+    if not on_grid or not torch.equal(values, values.round()):
+        return None
+    return MetaTensor(values.round().to(torch.int64), affine=pred.affine)
 
 
 def _write_instances(writer: Any, data: Mapping, image: MetaTensor, x: torch.Tensor, logits: torch.Tensor,
