@@ -102,7 +102,7 @@ def test_grouping_keeps_what_cannot_share_apart(small_unet):
 
 def test_unetr_token_reshapes_made_separately_still_share():
     net = UNETR(1, 2, img_size=(32, 32, 32), feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4).eval()
-    a, b = HiResCAM(net), SegXResCAM(net, pool_size=2)
+    a, b = HiResCAM(net, "bottleneck"), SegXResCAM(net, "bottleneck", pool_size=2)  # vit.norm: a token layer
     assert a.layer.reshape is not b.layer.reshape and shares_gradient(a, b)
 
 
