@@ -8,9 +8,9 @@
 #   benchmarks/train_bundles.sh [BUNDLE ...]      # default: ct_spleen_unet3d ct_spleen_unet2d ct_organs_unetr3d
 #
 # Every stage is configs/train.json with command-line overrides; a stage starts from the previous stage's best
-# validation checkpoint (`init_checkpoint`), the last stage writes the bundle's models/model.pt. Stages before
-# the last one ran without the low-resolution augmentation (RandSimulateLowResolutiond, added for the last
-# stage), hence its `prob 0.0` there. The real CT is only evaluated, never trained on or used to pick a
+# validation checkpoint (`init_checkpoint`), the last stage writes the bundle's models/model.pt. The early
+# stages ran without the low-resolution augmentation (RandSimulateLowResolutiond, added to train.json after
+# them), hence its `prob 0.0` there. The real CT is only evaluated, never trained on or used to pick a
 # checkpoint (that is the synthetic validation Dice). Logs and checkpoints go to $WORK_DIR (default
 # /tmp/monai_xres_train); THREADS (default 1) CPU threads per run; TRAIN=0 skips training (evaluates the
 # committed weights only).
@@ -43,10 +43,13 @@ train() {
         stage "$b" s2 --init_checkpoint "$w/s1/model.pt" --max_epochs 30 --val_interval 5 --learning_rate 0.001 \
             --train#random_transforms#4#prob 0.0
         stage "$b" s3 --init_checkpoint "$w/s2/model.pt" --max_epochs 25 --val_interval 5 --learning_rate 0.001
-        stage "$b" s4 --init_checkpoint "$w/s3/model.pt" --max_epochs 25 --val_interval 5 --learning_rate 0.001 ;;
+        stage "$b" s4 --init_checkpoint "$w/s3/model.pt" --max_epochs 25 --val_interval 5 --learning_rate 0.001
+        stage "$b" s5 --init_checkpoint "$w/s4/model.pt" --max_epochs 25 --val_interval 5 --learning_rate 0.0007 \
+            --train_seeds '$list(range(200, 400))' ;;
     ct_spleen_unet2d)  # random transform 5
         stage "$b" s1 --max_epochs 10 --lr_scheduler#T_max 80 --val_interval 10 --train#random_transforms#5#prob 0.0
-        stage "$b" s2 --init_checkpoint "$w/s1/model.pt" --max_epochs 20 --val_interval 5 --learning_rate 0.001 ;;
+        stage "$b" s2 --init_checkpoint "$w/s1/model.pt" --max_epochs 20 --val_interval 5 --learning_rate 0.001
+        stage "$b" s3 --init_checkpoint "$w/s2/model.pt" --max_epochs 12 --val_interval 3 --learning_rate 0.0007 ;;
     ct_organs_unetr3d)  # from the previous release's weights (generator version 1, commit d8e42f7)
         mkdir -p "$w"
         git -C "$ROOT" show d8e42f7:bundles/ct_organs_unetr3d/models/model.pt > "$w/v1.pt"

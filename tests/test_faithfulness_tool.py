@@ -23,12 +23,12 @@ def test_the_readme_command_writes_the_sweep_and_the_table_between_the_markers(t
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
     assert "**a note**" in text and "ct_spleen_unet2d (UNet), sample cases: layer sweep" in text
-    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder2`" in text
+    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder3`" in text
     for row in ("HiResCAM @ bottleneck", "Seg-XRes-CAM mean w2 @ decoder3+decoder2+decoder1", "RISE",
-                "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder2"):
+                "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder3"):
         assert f"| {row} |" in text, row
     (result,) = json.loads((tmp_path / "out" / "ranking.json").read_text())
-    assert result["default"] == "decoder2" and set(result["ranking"]) == {
+    assert result["default"] == "decoder3" and set(result["ranking"]) == {
         "bottleneck", "decoder3", "decoder2", "decoder1", "head-input"}
     assert (tmp_path / "out" / "ct_spleen_unet2d" / "sample_cases" / "faithfulness.md").is_file()
     readme.write_text("no markers")  # refused before any work: no new output
@@ -46,3 +46,22 @@ def test_a_reduced_sweep_applies_to_the_bundles_named_and_says_so():
     assert tool._sweep_size(args, "ct_spleen_unet3d") == (2, 5, 32, True)
     args.cases, args.steps, args.rise_masks = None, 10, 100
     assert tool._sweep_size(args, "ct_spleen_unet3d") == (None, 10, 100, False)
+
+
+def test_a_network_type_scores_its_bundles_mean_and_a_tie_goes_to_the_coarser_level():
+    """The evidence line for a pinned default: mean over the bundles of each level's mean rank on the sample cases
+    (the real CT is left out); equal means, here 22/9 in floating point, go to the level nearer the bottleneck."""
+    tool = _tool()
+    def result(bundle, cases, ranking):
+        return {"network": "UNet", "bundle": bundle, "cases": cases, "default": "decoder3", "ranking": ranking}
+    results = [result("a", "sample cases", {"bottleneck": 43 / 9, "decoder3": 25 / 9, "decoder1": 11 / 9}),
+               result("a", "real CT", {"bottleneck": 1.0, "decoder3": 3.0, "decoder1": 2.0}),
+               result("b", "sample cases", {"bottleneck": 40 / 9, "decoder3": 19 / 9, "decoder1": 33 / 9})]
+    (line,) = tool._type_choice(results)
+    assert line == ("- UNet (a, b): `decoder3` 2.44, `decoder1` 2.44, `bottleneck` 4.61; most faithful `decoder3`, "
+                    "pinned default `decoder3`.")
+    # equal but for floating-point rounding of the mean ranks (0.1 + 0.2 > 0.3): still a tie
+    results = [result("a", "sample cases", {"bottleneck": 4.0, "decoder3": 0.1 + 0.2, "decoder1": 0.3})]
+    assert "most faithful `decoder3`" in tool._type_choice(results)[0]
+    results[0]["ranking"]["decoder1"] = 0.29  # no longer a tie: the finer level wins
+    assert "most faithful `decoder1`" in tool._type_choice(results)[0]

@@ -24,8 +24,8 @@ def test_unetr_token_reshape_matches_proj_feat():
     "make, layer",
     [
         (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1),
-         "model.1.submodule.1.submodule.2"),  # decoder2
-        (_unetr, "decoder3"),
+         "model.1.submodule.1.submodule.2"),  # decoder2, the deepest of this 3-stride UNet
+        (_unetr, "decoder4"),
         (lambda: SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3), "decoder5"),
         (lambda: SegResNet(3, 8, 1, 3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "up_layers.0"),
         (lambda: DynUNet(3, 1, 3, [3, 3, 3], [1, 2, 2], [2, 2]), "upsamples.0"),

@@ -240,7 +240,12 @@ def test_committed_cases_are_the_generators_output():
     for seed in (900, 901, 902, 903):
         image, label, affine = generate_case(seed, **SAMPLE_ARGS)
         paths = case_paths(str(SAMPLE_DIR), seed)
-        np.testing.assert_array_equal(np.asarray(nib.load(paths["image"]).dataobj), image)
+        committed = np.asarray(nib.load(paths["image"]).dataobj)
+        # floating-point results of numpy/scipy may differ in the last bit between CPUs (vectorised kernels), which
+        # can move an unlabelled structure's edge by a few voxels (seen: 14 of 731,952 voxels of case 902, up to
+        # 11 HU, on another CPU than the one that wrote the files); more than 1e-4 of the voxels, or any label, is a
+        # real change
+        assert committed.shape == image.shape and np.mean(committed != image) <= 1e-4, seed
         np.testing.assert_array_equal(np.asarray(nib.load(paths["label"]).dataobj), label)
         np.testing.assert_allclose(nib.load(paths["image"]).affine, affine, atol=1e-4)
     assert set(np.unique(np.asarray(nib.load(case_paths(str(SAMPLE_DIR), 902)["label"]).dataobj))) == set(LABELS)

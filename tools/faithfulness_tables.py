@@ -10,7 +10,9 @@ network inputs (:func:`monai_xres.apps.cases.bundle_cases`), the region is the s
 Layer ranking (what the default layers are chosen by): for each CAM method of the sweep and each of
 deletion AUC (lower is better), insertion AUC and the mean over k of the top-k masking Dice (higher is
 better), the single layers are ranked on the mean over the cases (1 = best, ties share their mean rank); a
-layer's score is its mean rank over those 9 (method, metric) pairs; the lowest score is the most faithful.
+layer's score is its mean rank over those 9 (method, metric) pairs; the lowest score is the most faithful. A
+network type's score is the mean of its bundles' scores; equal scores (to 1e-9) go to the level nearer the
+bottleneck, the coarser map, since the finer levels buy part of their score by resembling the region.
 
 Usage (from the repository root)::
 
@@ -117,9 +119,10 @@ def _type_choice(results: list[dict]) -> list[str]:
             continue
         layers = [layer for layer in mine[0]["ranking"] if all(layer in r["ranking"] for r in mine)]
         score = {layer: float(np.mean([r["ranking"][layer] for r in mine])) for layer in layers}
-        ranked = ", ".join(f"`{layer}` {v:.2f}" for layer, v in sorted(score.items(), key=lambda x: x[1]))
+        ranked = ", ".join(f"`{layer}` {v:.2f}" for layer, v in sorted(score.items(), key=lambda x: round(x[1], 9)))
         bundles = ", ".join(r["bundle"] for r in mine)
-        lines.append(f"- {network} ({bundles}): {ranked}; most faithful `{min(score, key=score.get)}`, "
+        best = min(score, key=lambda layer: round(score[layer], 9))  # levels run coarse to fine: ties to coarse
+        lines.append(f"- {network} ({bundles}): {ranked}; most faithful `{best}`, "
                      f"pinned default `{mine[0]['default']}`.")
     return lines
 
