@@ -90,6 +90,12 @@ def _factories(network: torch.nn.Module, rise_masks: int) -> tuple[dict, dict[st
     return {label: factory(*spec) for label, spec in rows.items()}, layer_of, default
 
 
+def _mean_rank(ranks: list[float]) -> float:
+    """A score: the mean of ranks, rounded to 1e-9 so that equal means (e.g. 22/9 reached two ways) compare equal
+    and a tie falls to the order of the levels, coarse to fine (module docstring)."""
+    return round(float(np.mean(ranks)), 9)
+
+
 def _ranking(evaluation: Evaluation, layer_of: dict[str, str]) -> dict[str, float]:
     """Mean rank of each single layer over (CAM method, metric) pairs (module docstring)."""
     summary = {row["method"]: row for row in evaluation.summary()}
@@ -102,7 +108,7 @@ def _ranking(evaluation: Evaluation, layer_of: dict[str, str]) -> dict[str, floa
                      for row in rows.values()]
             for layer, rank in zip(layers, rankdata([-sign * v for v in value], method="average")):
                 ranks[layer].append(float(rank))
-    return {layer: float(np.mean(r)) for layer, r in ranks.items()}
+    return {layer: _mean_rank(r) for layer, r in ranks.items()}
 
 
 def _subset(evaluation: Evaluation, keep: set[str]) -> Evaluation:
@@ -118,11 +124,11 @@ def _type_choice(results: list[dict]) -> list[str]:
         if not mine:
             continue
         layers = [layer for layer in mine[0]["ranking"] if all(layer in r["ranking"] for r in mine)]
-        score = {layer: float(np.mean([r["ranking"][layer] for r in mine])) for layer in layers}
-        ranked = ", ".join(f"`{layer}` {v:.2f}" for layer, v in sorted(score.items(), key=lambda x: round(x[1], 9)))
+        score = {layer: _mean_rank([r["ranking"][layer] for r in mine]) for layer in layers}
+        ranked = sorted(score.items(), key=lambda x: x[1])  # stable: a tie keeps the coarser level first
         bundles = ", ".join(r["bundle"] for r in mine)
-        best = min(score, key=lambda layer: round(score[layer], 9))  # levels run coarse to fine: ties to coarse
-        lines.append(f"- {network} ({bundles}): {ranked}; most faithful `{best}`, "
+        lines.append(f"- {network} ({bundles}): {', '.join(f'`{layer}` {v:.2f}' for layer, v in ranked)}; "
+                     f"most faithful `{ranked[0][0]}`, "
                      f"pinned default `{mine[0]['default']}`.")
     return lines
 
