@@ -7,7 +7,7 @@ measurements launch ``torchrun --standalone --nproc_per_node=N`` for N = 1 and 2
   the shipped 3D UNet bundle with seeded random weights (the speed does not depend on the weights);
   the time is the slowest rank's, from ``cohort_summary.json`` (start-up excluded), and the wall time of
   the whole launch is printed beside it.
-- mask-parallel RISE: :class:`~monai_xres.explainers.rise_parallel.MaskParallelSegRISE` of one preprocessed-size
+- mask-parallel RISE: :class:`~monai_xres.explainers.rise.parallel.MaskParallelSegRISE` of one preprocessed-size
   volume with the bundle's network; the time is ``attribute()`` between two barriers.
 
 The ratio is time(1 process) / time(2 processes): 2.0 would be perfect scaling. On a machine whose cores
@@ -58,7 +58,7 @@ def rise_worker(out: str, n_masks: int, size: list[int]) -> None:
     from monai.bundle import ConfigParser
 
     from monai_xres.distributed import process_group, rank_device
-    from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+    from monai_xres.explainers.rise.parallel import MaskParallelSegRISE
     from monai_xres.regions import RegionTarget
 
     parser = ConfigParser(json.loads((BUNDLE / "configs" / "inference.json").read_text()))

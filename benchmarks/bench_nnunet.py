@@ -1,6 +1,6 @@
 """An nnU-Net explanation against nnU-Net's own prediction of the same scan: time ratio and peak memory.
 
-Two model folders are made with nnU-Net's own tools (:mod:`monai_xres.apps.nnunet_sample`): the tests' tiny
+Two model folders are made with nnU-Net's own tools (:mod:`monai_xres.apps.nnunet.sample`): the tests' tiny
 one (base 4 features) and a full-size 3d_fullres network (nnU-Net's default planner: 32 to 320 features,
 the patch it plans for the synthetic CT; untrained weights saved through its trainer, which is fine for
 timing). Each is measured in fresh subprocesses, interleaved, twice each by default (best time kept):
@@ -37,7 +37,7 @@ SCANS = {"tiny": {"spacing": (2.7, 2.6, 5.3), "shape": (60, 50, 16)},  # generat
 
 
 def _model(work: Path, kind: str, folds: int) -> Path:
-    from monai_xres.apps.nnunet_sample import build_model_folder, model_folder_path
+    from monai_xres.apps.nnunet.sample import build_model_folder, model_folder_path
 
     root = work / f"{kind}_{folds}folds"
     folder = model_folder_path(root)
@@ -47,7 +47,7 @@ def _model(work: Path, kind: str, folds: int) -> Path:
 
 
 def _scan(work: Path, kind: str) -> str:
-    from monai_xres.sample_data import _nifti, generate_case
+    from monai_xres.sample_data.cases import _nifti, generate_case
 
     path = work / f"{kind}_scan_0000.nii.gz"
     if not path.is_file():

@@ -116,7 +116,7 @@ def rise_cost(quick: bool, n_masks: int) -> None:
 def rise_on(name: str, net, inferer, x: torch.Tensor, target, score: str, n_masks: int, quick: bool) -> None:
     """SegRISE's time on a box against masks x one prediction of the windows it runs, and whole-scan RISE."""
     from monai_xres.explainers.rise import SegRISE
-    from monai_xres.explainers.rise_windows import region_windows
+    from monai_xres.explainers.rise.windows import region_windows
     from monai_xres.explainers.sliding import forward_recording
 
     print(f"\n## RISE, {name}: box {target.box} of the {tuple(x.shape[2:])} preprocessed scan, trained 3D bundle, "

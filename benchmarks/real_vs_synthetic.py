@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_xres import sample_anatomy
-from monai_xres.sample_data import FOV_MM, GENERATOR_VERSION, _draw_grid, generate_case
+from monai_xres.sample_data.cases import FOV_MM, GENERATOR_VERSION, _draw_grid, generate_case
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 STRUCTURES = ("spleen", "liver", "kidneys", "subcutaneous fat", "paraspinal muscle")

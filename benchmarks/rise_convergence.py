@@ -30,7 +30,7 @@ import torch
 
 from monai_xres import RegionTarget
 from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_stream import RiseSums
+from monai_xres.explainers.rise.stream import RiseSums
 
 NS = (125, 250, 500, 1000, 2000)
 

@@ -5,6 +5,7 @@ Read README.md's "Architecture" first: ``explainers`` compute, ``regions`` say w
 ``apps`` are thin adapters around them.
 """
 
+from monai_xres import _moved
 from monai_xres.explainers import (
     Explainer,
     Explanation,
@@ -19,6 +20,8 @@ from monai_xres.explainers import (
 )
 from monai_xres.networks import default_layer_name, resolve_layer, tokens_to_grid
 from monai_xres.regions import RegionTarget
+
+_moved.install()
 
 __version__ = "0.1.0"
 

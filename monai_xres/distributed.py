@@ -6,7 +6,7 @@ available and ``gloo`` otherwise, puts each rank on its own GPU (``LOCAL_RANK``)
 the end. Not launched by torchrun, everything runs in the one process, with no group.
 
 Mask-parallel RISE (one scan's masks split across the ranks) is
-:class:`monai_xres.explainers.rise_parallel.MaskParallelSegRISE`.
+:class:`monai_xres.explainers.rise.parallel.MaskParallelSegRISE`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from torch import nn
 from monai_xres.explainers.base import Explainer, Explanation, predict
 from monai_xres.explainers.cam import SegXResCAM
 from monai_xres.explainers.registry import name_of
-from monai_xres.explainers.rise import SegRISE
+from monai_xres.explainers.rise.explainer import SegRISE
 from monai_xres.regions.scores import predicted_class_mask
 from monai_xres.regions.spec import RegionSpec, as_region_spec, case_name
 from monai_xres.regions.target import RegionTarget

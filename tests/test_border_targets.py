@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from monai_xres import HiResCAM, RegionTarget, SegRISE, SegXResCAM
-from monai_xres.explainers.rise_scoring import region_scorer
+from monai_xres.explainers.rise.scoring import region_scorer
 from monai_xres.regions import RegionSpec
 
 

@@ -22,7 +22,7 @@ import monai_xres.distributed as xdist
 from monai_xres.apps.cohort import case_outputs, explain_cohort, read_datalist, run_cohort
 from monai_xres.distributed import shard
 from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+from monai_xres.explainers.rise.parallel import MaskParallelSegRISE
 from monai_xres.regions import RegionTarget
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ RISE_SCRIPT = """
 import sys, torch
 from monai.networks.nets import UNet
 from monai_xres.distributed import process_group
-from monai_xres.explainers.rise_parallel import MaskParallelSegRISE
+from monai_xres.explainers.rise.parallel import MaskParallelSegRISE
 from monai_xres.regions import RegionTarget
 from monai_xres.explainers.rise import SegRISE
 

@@ -15,7 +15,7 @@ from skimage.transform import resize
 from torch import nn
 
 from monai_xres import HiResCAM, RegionTarget, SegGradCAM, SegRISE, SegXResCAM, pool_gradient
-from monai_xres.explainers.rise_masks import mask_windows
+from monai_xres.explainers.rise.masks import mask_windows
 
 FUNCS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 

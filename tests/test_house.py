@@ -1,9 +1,10 @@
-"""The house rules that keep the package easy to live in: no import cycle, short modules, one registry,
-and a wheel that carries what the demo needs."""
+"""The house rules that keep the package easy to live in: no import cycle, short modules, families as
+subpackages, one registry, and a wheel that carries what the demo needs."""
 
 from __future__ import annotations
 
 import ast
+import collections
 import os
 import subprocess
 import sys
@@ -85,6 +86,26 @@ def test_the_import_graph_has_no_cycle():
 def test_no_module_is_longer_than_300_lines():
     long = {m: n for m, f in _modules().items() if (n := len(f.read_text().splitlines())) > 300}
     assert long == {}
+
+
+def _prefix_families(folders: list[Path], root: Path) -> dict[str, int]:
+    """``folder/prefix_*`` -> count, for every folder with three or more sibling modules sharing a prefix."""
+    found = {}
+    for folder in folders:
+        stems = [f.stem for f in folder.glob("*.py") if "_" in f.stem.strip("_")]
+        for prefix, count in collections.Counter(s.split("_")[0] for s in stems).items():
+            if count >= 3:
+                found[f"{folder.relative_to(root)}/{prefix}_*"] = count
+    return found
+
+
+def test_a_family_of_modules_is_a_subpackage(tmp_path):
+    folders = [PACKAGE, *(d for d in PACKAGE.rglob("*") if d.is_dir() and d.name != "__pycache__")]
+    assert _prefix_families([d for d in folders if "_shipped" not in d.parts], ROOT) == {}
+    for name in ("rise_masks", "rise_stream", "rise_crop", "cam_shared", "cam"):  # the check itself can fail
+        (tmp_path / "explainers" / f"{name}.py").parent.mkdir(exist_ok=True)
+        (tmp_path / "explainers" / f"{name}.py").write_text("")
+    assert _prefix_families([tmp_path / "explainers"], tmp_path) == {"explainers/rise_*": 3}
 
 
 def _string_constants(tree: ast.AST) -> list[str]:

@@ -24,14 +24,14 @@ with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints notes about un
 
 from monai_xres import RegionTarget, SegXResCAM, pool_gradient  # noqa: E402
 from monai_xres.apps.nnunet import NnUNetExplainer  # noqa: E402
-from monai_xres.apps.nnunet_loader import load_checkpoint  # noqa: E402
-from monai_xres.apps.nnunet_sample import build_model_folder  # noqa: E402
+from monai_xres.apps.nnunet.loader import load_checkpoint  # noqa: E402
+from monai_xres.apps.nnunet.sample import build_model_folder  # noqa: E402
 from monai_xres.apps.runner import method_configs  # noqa: E402
 from monai_xres.cli import main  # noqa: E402
 from monai_xres.explainers.base import predict  # noqa: E402
 from monai_xres.explainers.levels import combine_levels  # noqa: E402
 from monai_xres.networks import default_layer_name, network_levels  # noqa: E402
-from monai_xres.sample_data import LABELS, _nifti, generate_case  # noqa: E402
+from monai_xres.sample_data.cases import LABELS, _nifti, generate_case  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -270,7 +270,7 @@ def test_rise_re_predicts_only_the_windows_reaching_the_region(explainer, scans)
 def test_maps_are_on_the_scan_voxel_for_voxel_with_nnunets_segmentation(cli_run, scans, explainer, tmp_path):
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-    from monai_xres.apps.nnunet_geometry import map_to_scan, save_image, scan_image
+    from monai_xres.apps.nnunet.geometry import map_to_scan, save_image, scan_image
 
     folder, _ = cli_run
     scan = scans["oblique"][0]
@@ -323,7 +323,7 @@ def test_bad_requests_exit_2_with_one_line(model_folder, scans, tmp_path, capsys
 
 
 def test_regions_given_on_the_scan_reach_nnunets_grid_as_its_labels_do(explainer, scans, tmp_path):
-    from monai_xres.apps.nnunet_geometry import region_on_grid
+    from monai_xres.apps.nnunet.geometry import region_on_grid
     from monai_xres.regions.spec import RegionSpec
 
     files = scans["oblique"]
@@ -362,7 +362,7 @@ def test_regions_given_on_the_scan_reach_nnunets_grid_as_its_labels_do(explainer
 def test_maps_are_written_where_each_reader_writes_its_segmentation(scans, tmp_path, reader):
     from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 
-    from monai_xres.apps.nnunet_geometry import save_image, scan_image
+    from monai_xres.apps.nnunet.geometry import save_image, scan_image
 
     io_class = recursive_find_reader_writer_by_name(reader)()
     image, props = io_class.read_images([scans["oblique"][0]])
@@ -416,7 +416,7 @@ def test_the_core_never_imports_nnunet_and_a_missing_extra_is_one_line(model_fol
     import subprocess
     import sys
 
-    code = ("import sys, monai_xres, monai_xres.cli, monai_xres.apps.nnunet, monai_xres.apps.nnunet_run; "
+    code = ("import sys, monai_xres, monai_xres.cli, monai_xres.apps.nnunet, monai_xres.apps.nnunet.run; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures')))")
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"

@@ -10,7 +10,7 @@ import torch
 from monai.networks.nets import UNet
 
 from monai_xres.apps.runner import method_configs
-from monai_xres.cli_parser import build_parser as _parser
+from monai_xres.cli.parser import build_parser as _parser
 from monai_xres.evaluation import default_methods
 from monai_xres.explainers import Explainer, Explanation, HiResCAM, SegGradCAM, SegRISE, SegXResCAM
 from monai_xres.explainers.registry import (

@@ -15,7 +15,7 @@ from torch import nn
 from monai_xres import RegionTarget
 from monai_xres.explainers.receptive_field import crop_window, receptive_field_radius
 from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_masks import MaskSpec, draw_cells, expected_keep, mask_windows
+from monai_xres.explainers.rise.masks import MaskSpec, draw_cells, expected_keep, mask_windows
 from monai_xres.networks import network_stride
 from monai_xres.regions import predicted_class_mask
 from monai_xres.regions.scores import batch_class_mask as class_mask

@@ -14,8 +14,8 @@ from torch import nn
 
 from monai_xres import RegionTarget
 from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_adaptive import DEFENSIVE, Proposal, draw_adaptive, stage_bounds
-from monai_xres.explainers.rise_masks import MaskSpec, draw_cells
+from monai_xres.explainers.rise.estimators import DEFENSIVE, Proposal, draw_adaptive, stage_bounds
+from monai_xres.explainers.rise.masks import MaskSpec, draw_cells
 
 
 def test_stage_bounds_double_and_depend_on_the_index_only():

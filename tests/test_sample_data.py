@@ -12,8 +12,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from monai_xres import sample_anatomy, sample_data
+from monai_xres import sample_data
 from monai_xres.sample_data import FOV_MM, LABELS, case_paths, generate_case, generate_dataset, save_case
+from monai_xres.sample_data import anatomy as sample_anatomy
+from monai_xres.sample_data import cases as sample_cases
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 SMALL = {"spacing": (3.0, 3.0, 4.0)}  # coarse voxels: fast
@@ -135,7 +137,7 @@ def test_domain_randomisation_over_seeds():
     for seed in range(40):
         a = sample_anatomy.draw(np.random.default_rng([seed, 0]))
         _, _, affine = generate_case(seed, shape=(4, 4, 4))  # geometry only
-        g = sample_data._draw_grid(np.random.default_rng([seed, 1]), a, (1.0, 2.0), (2.0, 5.0))
+        g = sample_cases._draw_grid(np.random.default_rng([seed, 1]), a, (1.0, 2.0), (2.0, 5.0))
         fovs.append(g["fov"])
         widths.append(2 * a["body"]["ax"])
         noise.append(a["hu"]["noise_sd"])

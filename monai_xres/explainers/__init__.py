@@ -1,10 +1,9 @@
 """Explainers: the one template (``base``), the method registry (``registry``) and the methods.
 
 ``cam`` (Seg-XRes-CAM, HiResCAM, Seg-Grad-CAM), ``cam_shared`` (several of them from one backward pass),
-``sliding`` (exact CAMs of a sliding-window prediction), ``rise`` (RISE for segmentation; masks in
-``rise_masks``, scores in ``rise_scoring``, streaming in ``rise_stream``, estimators in ``rise_adaptive``,
-what each masked prediction covers in ``rise_crop`` and ``rise_windows``, mask-parallel in
-``rise_parallel``), ``receptive_field`` (region-restricted crops), ``maps`` (resizing and normalising maps).
+``sliding`` (exact CAMs of a sliding-window prediction), ``rise/`` (RISE for segmentation: masks, scoring,
+streaming, estimators, crops, mask-parallel), ``receptive_field`` (region-restricted crops), ``maps``
+(resizing and normalising maps).
 """
 
 from monai_xres.explainers.base import Explainer, Explanation, predict, preserved_model_state

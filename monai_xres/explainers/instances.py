@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from monai_xres.explainers.base import Explainer, Explanation, preserved_model_state
 from monai_xres.explainers.cam import SegXResCAM
 from monai_xres.explainers.maps import resize_linear
-from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_scoring import region_scorer
-from monai_xres.explainers.rise_stream import RiseSums, mask_batches
+from monai_xres.explainers.rise.explainer import SegRISE
+from monai_xres.explainers.rise.scoring import region_scorer
+from monai_xres.explainers.rise.stream import RiseSums, mask_batches
 from monai_xres.explainers.sliding import forward_recording, stitching
 from monai_xres.regions.target import RegionTarget
 

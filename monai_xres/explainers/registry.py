@@ -209,4 +209,4 @@ register(Method("segxrescam", "monai_xres.explainers.cam.SegXResCAM", "Seg-XRes-
 register(Method("segrise", "monai_xres.explainers.rise.SegRISE", "RISE", aliases=("rise",),
                 defaults={"n_masks": 200, "p_keep": 0.5, "batch_size": 8, "score": "dice", "seed": 0},
                 variants=({}, {"center_scores": True}),
-                parallel="monai_xres.explainers.rise_parallel.MaskParallelSegRISE", label=_rise_label))
+                parallel="monai_xres.explainers.rise.parallel.MaskParallelSegRISE", label=_rise_label))

@@ -54,7 +54,7 @@ class WindowExplainer(Protocol):
 def check_inferer(inferer: Any) -> Any:
     """Accept a ``SlidingWindowInferer`` whose stitching is the plain weighted sum explained above, or an
     inferer that explains its own stitched output with a ``stitched_cam(cam, x, targets, affines, verbose)``
-    method returning what :func:`sliding_cam` returns (nnU-Net's, :mod:`monai_xres.apps.nnunet_inferer`)."""
+    method returning what :func:`sliding_cam` returns (nnU-Net's, :mod:`monai_xres.apps.nnunet.inferer`)."""
     if callable(getattr(inferer, "stitched_cam", None)):
         return inferer
     if not isinstance(inferer, SlidingWindowInferer):

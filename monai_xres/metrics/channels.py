@@ -7,7 +7,7 @@ Two estimators, each giving every channel a signed contribution and a share ``|c
   ``c`` goes from the fill value to the image. Exact for a network linear in its input (then ``S`` minus
   its value on the all-``fill`` input is the sum of the contributions).
 - ``"masks"``, RISE with masks drawn per channel: mask ``i`` (of
-  :class:`~monai_xres.explainers.rise_masks.MaskSettings`) perturbs channel ``i mod C`` alone, the others
+  :class:`~monai_xres.explainers.rise.masks.MaskSettings`) perturbs channel ``i mod C`` alone, the others
   kept as they are. The contribution of channel ``c`` is the mean score lost over its masks per removed
   fraction, ``mean_i (S - S_i) / (1 - p_keep)``: for a network linear in its input its expectation is the
   gradient x input contribution, and for a channel the network ignores every ``S_i`` equals ``S``, so it is
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, network_errors, predict, preserved_model_state
-from monai_xres.explainers.rise_masks import MaskSettings, mask_windows
-from monai_xres.explainers.rise_scoring import region_scorer
+from monai_xres.explainers.rise.masks import MaskSettings, mask_windows
+from monai_xres.explainers.rise.scoring import region_scorer
 from monai_xres.networks import run_network
 from monai_xres.regions.target import RegionTarget
 

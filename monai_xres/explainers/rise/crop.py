@@ -4,7 +4,7 @@ Three ways, chosen per sample and recorded in ``Explanation.info["crop"]`` (and 
 
 - ``"windows"``: with a MONAI ``SlidingWindowInferer`` (the default ``context_margin="auto"``), only the
   sliding windows that overlap the region run, on the masked input inside them
-  (:mod:`~monai_xres.explainers.rise_windows`): exact for any network.
+  (:mod:`~monai_xres.explainers.rise.windows`): exact for any network.
 - ``"receptive field"``: without an inferer, the region's bounding box plus the network's measured
   receptive field (``"auto"``, :func:`~monai_xres.explainers.receptive_field.receptive_field_radius`) or a
   given margin, aligned to the network's stride, evaluated alone: exact for a translation-equivariant
@@ -25,8 +25,8 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from monai_xres.explainers.receptive_field import crop_window
-from monai_xres.explainers.rise_masks import _check_ints, axis_values
-from monai_xres.explainers.rise_windows import region_windows
+from monai_xres.explainers.rise.masks import _check_ints, axis_values
+from monai_xres.explainers.rise.windows import region_windows
 
 __all__ = ["Crop", "CropSettings", "equivariance_shift", "plan_crop"]
 
@@ -35,7 +35,7 @@ Predict = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class CropSettings:
-    """Region-restricted RISE: evaluate only what can reach the region (see :mod:`rise_crop`).
+    """Region-restricted RISE: evaluate only what can reach the region (see :mod:`~monai_xres.explainers.rise.crop`).
 
     Args:
         context_margin: ``"auto"`` (default: the windows that reach the region with a sliding-window

@@ -24,8 +24,8 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
-from monai_xres.cli_output import report_cohort, report_written
-from monai_xres.cli_parser import build_parser
+from monai_xres.cli.output import report_cohort, report_written
+from monai_xres.cli.parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
 from monai_xres.explainers.registry import get_method
 from monai_xres.output.lock import FolderInUse, output_lock
@@ -202,7 +202,7 @@ def _mask_parallel(plan: dict[str, Any]) -> int:
 def _nnunet_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Every check of ``explain --nnunet`` before a checkpoint is read: folder, folds, class, channel files."""
     from monai_xres.apps.cohort import read_datalist
-    from monai_xres.apps.nnunet_run import check_request
+    from monai_xres.apps.nnunet.run import check_request
 
     if args.series is not None or args.preprocessed_grid or args.instances or args.channel_shares or args.slicer:
         raise CliError("--series, --preprocessed-grid, --instances, --channel-shares and --slicer are for bundles: "
@@ -221,7 +221,7 @@ def _nnunet_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 def _nnunet(args: argparse.Namespace) -> int:
     """``explain --nnunet``: a trained nnU-Net v2 model folder, explained with nnU-Net's own pipeline."""
-    from monai_xres.apps.nnunet_run import explain_cohort_nnunet, explain_scan, load_explainer
+    from monai_xres.apps.nnunet.run import explain_cohort_nnunet, explain_scan, load_explainer
 
     plan = _checked(_nnunet_plan, args)
     cases, output_dir = plan["cases"], plan["output_dir"]

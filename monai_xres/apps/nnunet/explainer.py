@@ -2,9 +2,9 @@
 
 The scan is read by nnU-Net's reader and preprocessed by its preprocessor (transpose, crop to nonzero,
 resample, normalise, from the plans); nnU-Net predicts it (sliding window with Gaussian weighting,
-test-time mirroring, fold ensemble; :mod:`monai_xres.apps.nnunet_inferer`); the region is scored on those
+test-time mirroring, fold ensemble; :mod:`monai_xres.apps.nnunet.inferer`); the region is scored on those
 logits and every method explains that prediction; maps go back to the scan as nnU-Net exports its logits
-(:mod:`monai_xres.apps.nnunet_geometry`). Per case, under ``<output_dir>/<case>/`` (``<case>`` is nnU-Net's
+(:mod:`monai_xres.apps.nnunet.geometry`). Per case, under ``<output_dir>/<case>/`` (``<case>`` is nnU-Net's
 case name, the file name without ``_0000`` and the ending):
 
 - ``<case>_seg<ending>``: nnU-Net's segmentation, exported and written by nnU-Net's own functions;
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_xres.apps.nnunet_folder import case_name, channel_files
-from monai_xres.apps.nnunet_geometry import (
+from monai_xres.apps.nnunet.folder import case_name, channel_files
+from monai_xres.apps.nnunet.geometry import (
     check_reader,
     image_arrays,
     map_to_scan,
@@ -45,8 +45,8 @@ from monai_xres.apps.nnunet_geometry import (
     save_image,
     scan_image,
 )
-from monai_xres.apps.nnunet_inferer import NnUNetInferer
-from monai_xres.apps.nnunet_loader import NnUNetModel, load_model
+from monai_xres.apps.nnunet.inferer import NnUNetInferer
+from monai_xres.apps.nnunet.loader import NnUNetModel, load_model
 from monai_xres.apps.resume import CaseOutputs
 from monai_xres.apps.runner import method_configs
 from monai_xres.explainers.base import Explainer, Explanation, predict
@@ -88,7 +88,7 @@ class NnUNetExplainer:
     """Explanations of a trained nnU-Net v2 model's predictions, in the scans' own geometry.
 
     Args:
-        model: a loaded model folder (:func:`~monai_xres.apps.nnunet_loader.load_model`).
+        model: a loaded model folder (:func:`~monai_xres.apps.nnunet.loader.load_model`).
         methods: ``{file tag: explainer or {"method": name, **params}}`` (registry names, e.g. from
             :func:`~monai_xres.apps.runner.method_configs`); default: the registry's default method.
         verbose: progress bars (quiet when not on a terminal).
@@ -110,7 +110,7 @@ class NnUNetExplainer:
                     checkpoint: str = "checkpoint_final.pth", methods: Mapping[str, Any] | None = None,
                     device: str | torch.device | None = None, use_mirroring: bool = True,
                     tile_step_size: float = 0.5, verbose: bool = True, **kwargs: Any) -> NnUNetExplainer:
-        """Load ``folder`` safely (:func:`~monai_xres.apps.nnunet_loader.load_model`) and explain its model."""
+        """Load ``folder`` safely (:func:`~monai_xres.apps.nnunet.loader.load_model`) and explain its model."""
         model = load_model(folder, folds, checkpoint, device, use_mirroring, tile_step_size, verbose)
         return cls(model, methods, verbose=verbose, **kwargs)
 
@@ -128,7 +128,7 @@ class NnUNetExplainer:
         return bound
 
     def channel_files(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-        """One file per input channel (see :func:`~monai_xres.apps.nnunet_folder.channel_files`)."""
+        """One file per input channel (see :func:`~monai_xres.apps.nnunet.folder.channel_files`)."""
         return channel_files(self.model.info, images)
 
     def case_name(self, first_file: str) -> str:

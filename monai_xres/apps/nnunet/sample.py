@@ -7,7 +7,7 @@ model folder is written by hand.
 
 nnU-Net reads ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` when it is imported, so the
 work runs in a fresh Python process with those set to folders under ``root``
-(:func:`build_model_folder`); ``python -m monai_xres.apps.nnunet_sample --root DIR`` runs it directly.
+(:func:`build_model_folder`); ``python -m monai_xres.apps.nnunet.sample --root DIR`` runs it directly.
 Needs the ``nnunet`` extra.
 """
 
@@ -65,7 +65,7 @@ def build_model_folder(root: str | os.PathLike, cases: int = 5, spacing: Sequenc
         seed: seeds the cases and each fold's initial weights (fold ``f`` uses ``seed + f``).
     """
     root = Path(root).resolve()
-    command = [sys.executable, "-m", "monai_xres.apps.nnunet_sample", "--root", str(root), "--cases", str(cases),
+    command = [sys.executable, "-m", "monai_xres.apps.nnunet.sample", "--root", str(root), "--cases", str(cases),
                "--spacing", *map(str, spacing), "--channels", str(channels), "--folds", *map(str, folds),
                "--iterations", str(iterations), "--configuration", configuration, "--seed", str(seed)]
     if shape is not None:
@@ -83,7 +83,7 @@ def write_raw_dataset(raw: Path, cases: int, spacing: Sequence[float], shape: Se
     """nnU-Net's raw format: ``imagesTr/case_XXX_000C.nii.gz``, ``labelsTr/case_XXX.nii.gz``, ``dataset.json``."""
     from scipy import ndimage
 
-    from monai_xres.sample_data import _nifti, generate_case
+    from monai_xres.sample_data.cases import _nifti, generate_case
 
     folder = raw / DATASET_NAME
     for sub in ("imagesTr", "labelsTr"):
@@ -133,7 +133,7 @@ def _planner(features: Sequence[int] | None) -> type:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m monai_xres.apps.nnunet_sample",
+    parser = argparse.ArgumentParser(prog="python -m monai_xres.apps.nnunet.sample",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--cases", type=int, default=5)

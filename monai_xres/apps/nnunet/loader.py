@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from monai_xres.apps.nnunet_folder import ModelFolder, inspect_folder, label_value
+from monai_xres.apps.nnunet.folder import ModelFolder, inspect_folder, label_value
 
 __all__ = ["NnUNetModel", "load_checkpoint", "load_model", "require_nnunet"]
 
@@ -85,7 +85,7 @@ class NnUNetModel:
     """A loaded model folder: nnU-Net's predictor holding the network and every fold's parameters.
 
     Attributes:
-        info: what the folder's JSON files say (:class:`~monai_xres.apps.nnunet_folder.ModelFolder`).
+        info: what the folder's JSON files say (:class:`~monai_xres.apps.nnunet.folder.ModelFolder`).
         predictor: ``nnUNetPredictor``, initialised with the safely loaded parameters (fold 0's in the network).
         trainer, configuration: the checkpoints' trainer class name and nnU-Net configuration.
     """
@@ -112,7 +112,7 @@ class NnUNetModel:
         return self.info.file_ending
 
     def class_channel(self, value: str | int) -> int:
-        """The output channel of a label value or name (:func:`~monai_xres.apps.nnunet_folder.label_value`)."""
+        """The output channel of a label value or name (:func:`~monai_xres.apps.nnunet.folder.label_value`)."""
         return self.predictor.label_manager.all_labels.index(label_value(self.info, value))
 
 
@@ -146,7 +146,7 @@ def load_model(folder: str | Path | ModelFolder, folds: Sequence[int | str] | No
 
     Args:
         folder: the model folder (``plans.json``, ``dataset.json``, ``fold_N/``), or its
-            :func:`~monai_xres.apps.nnunet_folder.inspect_folder` (then ``folds`` and ``checkpoint`` are its own).
+            :func:`~monai_xres.apps.nnunet.folder.inspect_folder` (then ``folds`` and ``checkpoint`` are its own).
         folds: folds to ensemble; None takes every ``fold_N`` holding ``checkpoint``, as nnU-Net does.
         checkpoint: file name in each fold folder.
         device: where nnU-Net predicts; default CUDA if available, else CPU.

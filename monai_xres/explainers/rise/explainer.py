@@ -1,11 +1,11 @@
 """RISE for segmentation: random masks, the masked prediction scored against the unmasked one.
 
 ``saliency = sum_i score_i * m_i / (N * p_keep)`` (Petsiuk et al., 2018), with the segmentation scores
-of the Seg-XRes-CAM paper (Dice of the class inside the region, :mod:`monai_xres.explainers.rise_scoring`).
-Masks are streamed batch by batch (:mod:`monai_xres.explainers.rise_stream`): memory is one batch of
+of the Seg-XRes-CAM paper (Dice of the class inside the region, :mod:`monai_xres.explainers.rise.scoring`).
+Masks are streamed batch by batch (:mod:`monai_xres.explainers.rise.stream`): memory is one batch of
 masks and inputs, whatever ``n_masks`` is. Each masked prediction covers only what can reach the region
-(:mod:`monai_xres.explainers.rise_crop`); the default estimator draws the masks adaptively, with the same
-map in expectation (:mod:`monai_xres.explainers.rise_adaptive`).
+(:mod:`monai_xres.explainers.rise.crop`); the default estimator draws the masks adaptively, with the same
+map in expectation (:mod:`monai_xres.explainers.rise.estimators`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation
 from monai_xres.explainers.receptive_field import receptive_field_radius
-from monai_xres.explainers.rise_adaptive import EstimatorSettings, Proposal, stage_bounds
-from monai_xres.explainers.rise_crop import Crop, CropSettings, equivariance_shift, plan_crop
-from monai_xres.explainers.rise_masks import MaskSettings, MaskSpec
-from monai_xres.explainers.rise_scoring import ScoreSettings, region_scorer
-from monai_xres.explainers.rise_stream import BatchSettings, Masks, RiseSums, Stream, mask_batches
+from monai_xres.explainers.rise.crop import Crop, CropSettings, equivariance_shift, plan_crop
+from monai_xres.explainers.rise.estimators import EstimatorSettings, Proposal, stage_bounds
+from monai_xres.explainers.rise.masks import MaskSettings, MaskSpec
+from monai_xres.explainers.rise.scoring import ScoreSettings, region_scorer
+from monai_xres.explainers.rise.stream import BatchSettings, Masks, RiseSums, Stream, mask_batches
 from monai_xres.explainers.sliding import check_inferer, check_prediction, forward_recording, known_prediction
 from monai_xres.networks import network_stride
 from monai_xres.regions.target import RegionTarget
@@ -61,14 +61,14 @@ class SegRISE(Explainer):
     mean score. ``center_scores=True`` subtracts it, giving ``sum_i (score_i - mean) * m_i / (N p_keep)``,
     zero in expectation wherever the mask does not change the score.
 
-    Region-restricted (``context_margin``, :mod:`~monai_xres.explainers.rise_crop`): by default (``"auto"``)
+    Region-restricted (``context_margin``, :mod:`~monai_xres.explainers.rise.crop`): by default (``"auto"``)
     each masked input is evaluated only where it can reach the region: the sliding windows that overlap
     ``W`` (exact for any network), or ``W``'s box plus the measured receptive field (exact for a
     translation-equivariant network), else the whole image; ``info["crop"]`` says which and why. Outside
     the evaluated box the score does not depend on the mask, and the map is set to its expectation
     there (the mean score times the mean mask value over ``p_keep``; 0 with ``center_scores``).
 
-    Estimators (``estimator``, :mod:`~monai_xres.explainers.rise_adaptive`): ``"adaptive"`` (default) draws
+    Estimators (``estimator``, :mod:`~monai_xres.explainers.rise.estimators`): ``"adaptive"`` (default) draws
     later masks where the map is decided and weights each by its importance ratio, so the map is RISE's in
     expectation with less noise for the same number of masks; ``"plain"`` is the published estimator.
     ``info["estimator_used"]`` records which ran (``"plain"`` for supplied masks and ``"logit"`` scores).
@@ -85,20 +85,20 @@ class SegRISE(Explainer):
     Args:
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``.
         n_masks: number of masks ``N`` (ignored when masks are supplied).
-        masks: :class:`~monai_xres.explainers.rise_masks.MaskSettings`: ``grid_size`` (7), ``p_keep``
+        masks: :class:`~monai_xres.explainers.rise.masks.MaskSettings`: ``grid_size`` (7), ``p_keep``
             (0.5), ``seed`` (0), ``cell_draw`` ("uniform"; "randn" as the published code, which keeps
             ``Phi(p_keep)`` of the cells, about 54% at ``p_keep=0.1``), ``interpolation`` ("linear";
             "nearest" as the published segmentation code).
-        scoring: :class:`~monai_xres.explainers.rise_scoring.ScoreSettings`: ``score`` ("dice",
+        scoring: :class:`~monai_xres.explainers.rise.scoring.ScoreSettings`: ``score`` ("dice",
             "soft_dice" or "logit"), ``fill`` (0.0, the value of removed voxels), ``center_scores`` (False).
         batching: :class:`BatchSettings`: ``batch_size`` (16 masked inputs per forward pass),
             ``early_stop_tol`` (None: run all masks; else stop once the map's relative L2 change over
             the last ``early_stop_k`` batches is below it; where it stops depends on ``batch_size``),
             ``early_stop_k`` (4).
-        crop: :class:`~monai_xres.explainers.rise_crop.CropSettings`: ``context_margin`` (``"auto"``;
+        crop: :class:`~monai_xres.explainers.rise.crop.CropSettings`: ``context_margin`` (``"auto"``;
             voxels per side, int or per axis; None: the whole image), ``crop_multiple`` (None: the
             network's total stride, else per axis).
-        estimation: :class:`~monai_xres.explainers.rise_adaptive.EstimatorSettings`: ``estimator``
+        estimation: :class:`~monai_xres.explainers.rise.estimators.EstimatorSettings`: ``estimator``
             (``"adaptive"`` or ``"plain"``).
         inferer: a MONAI inferer (e.g. ``SlidingWindowInferer``) through which every prediction, unmasked
             and masked, is made: RISE of the stitched output of a whole scan.

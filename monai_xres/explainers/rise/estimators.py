@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monai_xres.explainers.rise_masks import MaskSpec, _interp_matrix, draw_cells, expected_keep
+from monai_xres.explainers.rise.masks import MaskSpec, _interp_matrix, draw_cells, expected_keep
 
 __all__ = ["ESTIMATORS", "EstimatorSettings", "Proposal", "draw_adaptive", "stage_bounds"]
 
@@ -47,7 +47,7 @@ class EstimatorSettings:
     """How SegRISE turns masked scores into a map.
 
     Args:
-        estimator: ``"adaptive"`` (default: adaptive importance sampling, see :mod:`rise_adaptive`) or
+        estimator: ``"adaptive"`` (default: adaptive importance sampling, see this module) or
             ``"plain"`` (the published estimator, every mask drawn independently). ``"adaptive"`` needs
             scores in [0, 1] (Dice, soft Dice) and generated masks; otherwise the plain one is used, and
             ``Explanation.info["estimator_used"]`` says which ran.
@@ -115,7 +115,7 @@ class Proposal:
 def draw_adaptive(spec: MaskSpec, index: int, proposal: Proposal | None
                   ) -> tuple[np.ndarray, tuple[int, ...], float]:
     """Cells (float64, ``grid``), shift and importance weight ``rho`` of mask ``index``: RISE's own draw
-    (:func:`draw_cells`, ``rho = 1``) without a proposal, else the defensive mixture of :mod:`rise_adaptive`."""
+    (:func:`draw_cells`, ``rho = 1``) without a proposal, else the defensive mixture of this module."""
     if proposal is None:
         cells, shift = draw_cells(spec, index)
         return cells, shift, 1.0

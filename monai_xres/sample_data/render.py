@@ -1,6 +1,6 @@
-"""Painting the anatomy of :mod:`monai_xres.sample_anatomy` on a grid (generator version 3): structure by
-structure, in Hounsfield units and labels, from the per-seed description that :func:`sample_anatomy.draw`
-returns. Later structures overwrite earlier ones, labels included.
+"""Painting the anatomy of :mod:`monai_xres.sample_data.anatomy` on a grid (generator version 3): structure by
+structure, in Hounsfield units and labels, from the per-seed description that
+:func:`~monai_xres.sample_data.anatomy.draw` returns. Later structures overwrite earlier ones, labels included.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from monai_xres.sample_anatomy import Box, diaphragm_z, ell, outline_radius, recess, rotation, tube, wall_depth
+from monai_xres.sample_data.anatomy import Box, diaphragm_z, ell, outline_radius, recess, rotation, tube, wall_depth
 
 __all__ = ["render"]
 

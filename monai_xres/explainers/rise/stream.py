@@ -2,7 +2,7 @@
 
 The sums depend only on the masks and their scores, never on how the masks are batched or which
 process evaluated them: each mask is added on its own, in index order, so mask-parallel RISE
-(:mod:`monai_xres.explainers.rise_parallel`) reproduces one process's map by adding the processes' sums.
+(:mod:`monai_xres.explainers.rise.parallel`) reproduces one process's map by adding the processes' sums.
 The cost is logged before the first mask (logger ``monai_xres.rise``, INFO) and estimated after the
 first batch; a tqdm bar shows progress on a terminal.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from monai_xres.explainers.rise_adaptive import MASK_SCALE, WEIGHT_SCALE, Proposal, draw_adaptive
-from monai_xres.explainers.rise_masks import MaskSpec, mask_windows, masks_from_cells
+from monai_xres.explainers.rise.estimators import MASK_SCALE, WEIGHT_SCALE, Proposal, draw_adaptive
+from monai_xres.explainers.rise.masks import MaskSpec, mask_windows, masks_from_cells
 
 __all__ = ["BatchSettings", "Masks", "RiseSums", "Stream", "mask_batches"]
 
@@ -65,7 +65,7 @@ class RiseSums:
         score_total: ``sum_i rho_i score_i``.
         mask_total: ``sum_i rho_i sum_v m_i(v)`` over the window voxels (sets the map outside a crop).
         pilot: the adaptive estimator's exact map, int64 ``sum_i round(rho_i score_i 2^20) round(m_i 2^12)``
-            (:mod:`~monai_xres.explainers.rise_adaptive`), else None.
+            (:mod:`~monai_xres.explainers.rise.estimators`), else None.
         pilot_total: ``sum_i round(rho_i score_i 2^20)``.
     """
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monai_xres.apps.nnunet_folder import ModelFolder, channel_files, inspect_folder, label_value
+from monai_xres.apps.nnunet.folder import ModelFolder, channel_files, inspect_folder, label_value
 
 __all__ = ["Request", "check_request", "explain_cohort_nnunet", "explain_scan", "load_explainer"]
 
@@ -29,7 +29,7 @@ def check_request(folder: str, folds: Sequence[str] | None, checkpoint: str, cla
     Raises:
         ValueError: one sentence naming the problem and the fix.
     """
-    from monai_xres.apps.nnunet_loader import require_nnunet
+    from monai_xres.apps.nnunet.loader import require_nnunet
 
     model = inspect_folder(folder, list(folds) if folds else None, checkpoint)
     value = label_value(model, class_index)
@@ -41,8 +41,8 @@ def check_request(folder: str, folds: Sequence[str] | None, checkpoint: str, cla
 def load_explainer(request: Request, methods: Mapping[str, Mapping], parallel: bool = False) -> Any:
     """The model's checkpoints loaded safely, and its :class:`~monai_xres.apps.nnunet.NnUNetExplainer` for
     ``methods`` (``parallel``: the registry's mask-parallel variants, for ``torchrun``)."""
-    from monai_xres.apps.nnunet import NnUNetExplainer
-    from monai_xres.apps.nnunet_loader import load_model
+    from monai_xres.apps.nnunet.explainer import NnUNetExplainer
+    from monai_xres.apps.nnunet.loader import load_model
     from monai_xres.distributed import rank_device
 
     model = load_model(request.model, device=rank_device())

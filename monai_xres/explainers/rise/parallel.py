@@ -1,7 +1,7 @@
 """Mask-parallel RISE: one scan's masks split across the ranks of a ``torch.distributed`` group.
 
 Each rank evaluates its own block of the same seeded mask sequence (mask ``i`` depends on ``(seed, i)``
-only) and the float64 sums of :class:`~monai_xres.explainers.rise_stream.RiseSums` are added with
+only) and the float64 sums of :class:`~monai_xres.explainers.rise.stream.RiseSums` are added with
 ``all_reduce``: every rank returns the map one process would make.
 """
 
@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from monai_xres import distributed
-from monai_xres.explainers.rise import SegRISE
-from monai_xres.explainers.rise_stream import RiseSums
+from monai_xres.explainers.rise.explainer import SegRISE
+from monai_xres.explainers.rise.stream import RiseSums
 
 __all__ = ["MaskParallelSegRISE"]
 
@@ -25,7 +25,7 @@ class MaskParallelSegRISE(SegRISE):
 
     The mask batches ``[0, batch_size), [batch_size, 2 batch_size), ...`` of each stage of the seeded
     sequence (one stage for the plain estimator; the adaptive estimator's stages double in size, see
-    :mod:`~monai_xres.explainers.rise_adaptive`) are split into ``world_size`` contiguous blocks; rank ``r``
+    :mod:`~monai_xres.explainers.rise.estimators`) are split into ``world_size`` contiguous blocks; rank ``r``
     evaluates block ``r``, so every batch is the very batch a single process would run. After each
     adaptive stage the ranks add their exact integer maps, so every rank draws the next stage's masks
     as one process would. The float64 sums are added with ``all_reduce(SUM)`` and every rank

@@ -2,7 +2,7 @@
 
 Everything is drawn per seed in the patient frame, in millimetres (RAS: +x right, +y anterior, +z superior;
 x = 0 on the midline, y = 0 half-way through the trunk, z = 0 near the renal hila, about L1-L2), then
-painted on any grid by :mod:`monai_xres.sample_render`. Sizes and positions follow textbook adult values
+painted on any grid by :mod:`monai_xres.sample_data.render`. Sizes and positions follow textbook adult values
 (trunk 28-40 x 19-29 cm; spleen 9-13 cm long, 100-400 mL, under the left hemidiaphragm against ribs 9-11;
 liver 1.2-2.2 L; kidneys 10-12.5 cm, the left higher; vertebrae 4-5 cm wide). Hounsfield units are drawn
 per contrast phase (non-contrast, arterial, portal venous) from published ranges, plus a per-scan calibration

@@ -9,12 +9,12 @@ texture and the noise are drawn per grid).
 The abdomen is scaled down (about 13 cm across instead of 35 cm) so that a case at clinical spacing
 (0.8-1.5 mm in-plane, 2.5-5 mm slices) stays between about 100 x 90 x 23 and 190 x 170 x 45 voxels.
 
-Run ``python -m monai_xres.sample_data --out-dir DIR --seeds 0 1 2`` to write cases.
+Run ``python -m monai_xres.sample_data --out-dir DIR --seeds 0 1 2`` to write cases
+(:mod:`~monai_xres.sample_data.command`).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import os
@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from monai_xres import sample_anatomy, sample_render
+from monai_xres.sample_data import anatomy as sample_anatomy
+from monai_xres.sample_data import render as sample_render
 
 __all__ = ["FOV_MM", "GENERATOR_VERSION", "LABELS", "case_paths", "generate_case", "generate_dataset",
            "save_case"]
@@ -186,27 +187,3 @@ def generate_dataset(out_dir: str, seeds: Sequence[int], **case_kwargs) -> list[
     with open(manifest_path, "w") as f:
         json.dump({**manifest, "seeds": sorted(done | set(seeds))}, f)
     return datalist
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m monai_xres.sample_data", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", required=True, help="folder receiving images/ and labels/")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="one case per seed")
-    defaults = {k: p.default for k, p in inspect.signature(generate_case).parameters.items()}
-    parser.add_argument("--in-plane-range", type=float, nargs=2, default=defaults["in_plane_range"],
-                        metavar=("MIN", "MAX"), help="in-plane spacing range (mm)")
-    parser.add_argument("--slice-range", type=float, nargs=2, default=defaults["slice_range"], metavar=("MIN", "MAX"),
-                        help="slice spacing range (mm)")
-    parser.add_argument("--fov-mm", type=float, nargs=3, metavar=("LR", "AP", "SI"),
-                        help="field of view (mm) instead of the one drawn per case")
-    args = parser.parse_args(argv)
-    kwargs = {"in_plane_range": tuple(args.in_plane_range), "slice_range": tuple(args.slice_range)}
-    if args.fov_mm:
-        kwargs["fov_mm"] = tuple(args.fov_mm)
-    datalist = generate_dataset(args.out_dir, args.seeds, **kwargs)
-    for item in datalist:
-        print(item["image"], item["label"])
-
-
-if __name__ == "__main__":
-    main()

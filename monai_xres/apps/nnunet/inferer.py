@@ -30,7 +30,7 @@ class NnUNetInferer:
     """nnU-Net's prediction of preprocessed images ``(B, C_in, *spatial)``, for explainers.
 
     Args:
-        predictor: an initialised ``nnUNetPredictor`` (:func:`~monai_xres.apps.nnunet_loader.load_model`).
+        predictor: an initialised ``nnUNetPredictor`` (:func:`~monai_xres.apps.nnunet.loader.load_model`).
         batch_size: window passes per backward in CAMs (nnU-Net predicts one at a time).
 
     The unmasked prediction of an input is kept (for the same tensor, unchanged), so several methods
