@@ -26,7 +26,7 @@ from torch import nn
 from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
 from monai_xres.explainers.cam_shared import group_by_gradient
-from monai_xres.explainers.registry import build_explainer, name_of
+from monai_xres.explainers.registry import build_explainer, name_of, title_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
 from monai_xres.output.writer import atomic_write_text, map_path, save_map
@@ -83,6 +83,7 @@ class SaliencyWriter:
         raise_errors: raise a case's error instead of logging it and going on.
         qc: :class:`~monai_xres.apps.qc.QCSettings` or a dict of its fields: every instance explained with a QC
             table, channel shares in the sidecars, ``.seg.nrrd`` files for 3D Slicer (None: none of them).
+        class_names: ``{class index: name}`` for the PNG titles (bundles: ``metadata.json``'s ``channel_def``).
 
     Attributes:
         errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
@@ -98,7 +99,8 @@ class SaliencyWriter:
                  separate_folder: bool = True, data_root_dir: str | os.PathLike = "", overlay: bool = True,
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
                  network: nn.Module | None = None, raise_errors: bool = False,
-                 provenance: Mapping[str, Any] | None = None, qc: QCSettings | Mapping | None = None) -> None:
+                 provenance: Mapping[str, Any] | None = None, qc: QCSettings | Mapping | None = None,
+                 class_names: Mapping[Any, str] | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -120,7 +122,7 @@ class SaliencyWriter:
                 self.model_sha256 = sha256_file(self.model_file)
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
-        self.provenance = dict(provenance or {})
+        self.provenance, self.class_names = dict(provenance or {}), dict(class_names or {})
         self.qc = as_qc_settings(qc)
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
@@ -241,7 +243,8 @@ class SaliencyWriter:
         centre = overlay_centre(sal, reg > 0.5)
         files = {"saliency": final}
         if self.overlay:
-            save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, f"{method} / {region}",
+            title = f"{title_of(explainer)} — {spec.title(self.class_names)}"
+            save_overlay(f"{stem}.png", scan, sal, reg > 0.5, affine, centre, title,
                          str(maps["saliency"].meta.get("space", "RAS")))
             files["overlay"] = f"{stem}.png"
         if self.write_sidecar:

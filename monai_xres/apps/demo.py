@@ -72,9 +72,10 @@ def run_demo(output_dir: str, rise_masks: int = 200) -> Any:
     """Explain the demo bundle's spleen (class 1) on the demo case with every registered method; returns the
     ``SaliencyWriter`` (its ``written`` files and ``errors``)."""
     from monai_xres.apps.runner import method_configs, run_bundle
-    from monai_xres.explainers.registry import method_names
+    from monai_xres.explainers.registry import get_method, method_names
 
     # fewer RISE cells along the thick-slice axis
     methods = method_configs(method_names(), n_masks=rise_masks, grid_size=(6, 6, 3))
-    print(f"Explaining the spleen (class 1) of {DEMO_CASE_NAME} with {', '.join(methods)} ...")
+    titles = [get_method(config["method"]).display_title(config) for config in methods.values()]
+    print(f"Explaining the spleen (class 1) of the sample CT {DEMO_CASE_NAME} with {', '.join(titles)} ...")
     return run_bundle(demo_bundle(), str(demo_case()), output_dir, methods, {"class_index": 1})

@@ -9,9 +9,11 @@ The bundle's own ``SaveImaged`` writes atomically (:func:`~monai_xres.output.wri
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,29 @@ def _prepare_workflow(parser: Any, series: str | None) -> None:
             parser[f"{key}#reader"] = ITKReader(series_name=series)  # an object: the parser leaves it alone
 
 
+@contextlib.contextmanager
+def _quiet_missing_logging_conf() -> Iterator[None]:
+    """MONAI warns that a bundle without ``configs/logging.conf`` skips logging set-up: that is no problem of
+    the user's, and a line of noise in every run."""
+    workflows = logging.getLogger("monai.bundle.workflows")
+    level = workflows.level
+    workflows.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        workflows.setLevel(level)
+
+
+def _class_names(bundle: Path) -> dict[int, str]:
+    """The bundle's ``{class index: name}`` (``metadata.json``), or none."""
+    from monai_xres.output.slicer import class_names
+
+    try:
+        return class_names(bundle)
+    except ValueError:
+        return {}
+
+
 def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: Mapping[str, Mapping],
                region: Mapping[str, Any], label: str | None = None, overrides: Mapping[str, Any] | None = None,
                series: str | None = None) -> Any:
@@ -158,11 +183,16 @@ def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: 
     if "markup" in region:
         region = {**region, "markup": ConfigStr(region["markup"])}
     meta = bundle / "configs" / "metadata.json"
-    workflow = ConfigWorkflow(
-        config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
-        workflow_type="inference", bundle_root=ConfigStr(bundle), output_dir=ConfigStr(os.path.abspath(output_dir)),
-        **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
-           "explain_writer#provenance": {"dicom_series": series} if series else {}, **dict(overrides or {})})
+    names = _class_names(bundle)
+    with _quiet_missing_logging_conf():
+        workflow = ConfigWorkflow(
+            config_file=[str(inference), str(overlay)], meta_file=str(meta) if meta.is_file() else None,
+            workflow_type="inference", bundle_root=ConfigStr(bundle),
+            output_dir=ConfigStr(os.path.abspath(output_dir)),
+            **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
+               "explain_writer#provenance": {"dicom_series": series} if series else {},
+               "explain_writer#class_names": {str(k): ConfigStr(v) for k, v in names.items()},
+               **dict(overrides or {})})
     _prepare_workflow(workflow.parser, series)
     try:
         workflow.initialize()

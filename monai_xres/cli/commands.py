@@ -24,7 +24,7 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
-from monai_xres.cli.output import report_cohort, report_written
+from monai_xres.cli.output import report_cohort, report_demo, report_written
 from monai_xres.cli.parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
 from monai_xres.explainers.registry import get_method
@@ -241,14 +241,14 @@ def _nnunet(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from monai_xres.apps.demo import demo_dice, run_demo
+    from monai_xres.apps.demo import demo_case, demo_dice, run_demo
+    from monai_xres.explainers.registry import default_method
 
     output_dir = str(_checked(checks.check_output_dir, args.output_dir))
     with output_lock(output_dir):
-        status = report_written(run_demo(output_dir, args.rise_masks), output_dir)
-    if (dice := demo_dice(output_dir)) is not None:
-        print(f"The network's spleen Dice on this case (against its sample label): {dice:.3f}")
-    return status
+        writer = run_demo(output_dir, args.rise_masks)
+    method = get_method(default_method())
+    return report_demo(writer, output_dir, method.file_tag(method.defaults), demo_dice(output_dir), str(demo_case()))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["report_cohort", "report_written"]
+__all__ = ["report_cohort", "report_demo", "report_written"]
+
+SLICER_HOWTO = ("In 3D Slicer: File > Add Data, pick the scan and the *_seg.nii.gz / saliency .nii.gz files; show a\n"
+                "saliency volume as foreground (Volumes module: colour 'ColdToHotRainbow', opacity ~0.5) over the\n"
+                "scan. The files carry the scan's own geometry, so they overlay without registration.")
 
 
 def report_written(writer: Any, output_dir: str) -> int:
@@ -19,11 +23,35 @@ def report_written(writer: Any, output_dir: str) -> int:
         for written in [path, *sides]:
             if os.path.exists(written):
                 print(f"  {written}")
+    _errors(writer)
+    print("\n" + SLICER_HOWTO)
+    return 1 if writer.errors else 0
+
+
+def _errors(writer: Any) -> None:
     for err in writer.errors:
         print(f"error: {err['case']} {err['method']} {err['region']}: {err['error']}", file=sys.stderr)
-    print("\nIn 3D Slicer: File > Add Data, pick the scan and the *_seg.nii.gz / saliency .nii.gz files; show a\n"
-          "saliency volume as foreground (Volumes module: colour 'ColdToHotRainbow', opacity ~0.5) over the\n"
-          "scan. The files carry the scan's own geometry, so they overlay without registration.")
+
+
+def report_demo(writer: Any, output_dir: str, first_tag: str, dice: float | None, scan: str) -> int:
+    """What the demo wrote, for a person: the PNG to look at first (``first_tag``'s map), the maps, the
+    segmentation and its Dice, how to open them in 3D Slicer; the exit status (1 when a map failed)."""
+    _errors(writer)
+    here = os.path.abspath(output_dir)
+    maps = [os.path.relpath(m, here) for m in writer.written]
+    first = next((m for m in maps if f"_{first_tag}_" in os.path.basename(m)), maps[0] if maps else None)
+    print(f"\nWritten under {here}:")
+    if first is not None:
+        print(f"  look first:    {first[: -len('.nii.gz')]}.png")
+    print(f"  saliency maps: {len(maps)} NIfTI volumes on the scan's grid, each with a .png preview and a .json "
+          "record beside it")
+    for path in maps:
+        print(f"                 {path}")
+    for seg in sorted(Path(here).rglob("*_seg.nii.gz")):
+        score = f" (spleen Dice {dice:.3f} against the case's sample label)" if dice is not None else ""
+        print(f"  segmentation:  {os.path.relpath(seg, here)}{score}")
+    print(f"  the scan:      {scan}")
+    print("\n" + SLICER_HOWTO)
     return 1 if writer.errors else 0
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from monai_xres.explainers.base import Explainer
 
 __all__ = ["Method", "build_explainer", "default_method", "get_method", "method_choices", "method_names", "name_of",
-           "register", "tag_of", "unregister"]
+           "register", "tag_of", "title_of", "unregister"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Method:
         aliases: older names, accepted with a ``DeprecationWarning``.
         parallel: dotted path of a mask-parallel variant for ``torchrun`` (same parameters), if any.
         tag: ``params -> file-name tag``; default: the name.
-        label: ``params -> display label``; default: the display name.
+        label: ``params -> display label`` (table rows); default: the display name.
+        title: ``params -> title in words`` (PNG overlays); default: the display label.
     """
 
     name: str
@@ -52,6 +53,7 @@ class Method:
     parallel: str | None = None
     tag: Callable[[Mapping[str, Any]], str] | None = None
     label: Callable[[Mapping[str, Any]], str] | None = None
+    title: Callable[[Mapping[str, Any]], str] | None = None
 
     def explainer_class(self, parallel: bool = False) -> type:
         target = self.parallel if parallel and self.parallel else self.factory
@@ -80,6 +82,13 @@ class Method:
         params = dict(params or {})
         label = self.label(params) if self.label else self.display
         return label + (" (counterfactual)" if params.get("counterfactual") else "")
+
+    def display_title(self, params: Mapping[str, Any] | None = None) -> str:
+        """The configured method in words a reader knows, e.g. ``Seg-XRes-CAM, window 2``."""
+        params = dict(params or {})
+        if self.title is None:
+            return self.display_label(params)
+        return self.title(params) + (", evidence against the class" if params.get("counterfactual") else "")
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -167,6 +176,12 @@ def tag_of(explainer: Explainer) -> str:
     return method.file_tag(explainer.params()) if method is not None else type(explainer).__name__.lower()
 
 
+def title_of(explainer: Explainer) -> str:
+    """The configured explainer in words (PNG titles); the class name if unregistered."""
+    method = _method_of(explainer)
+    return method.display_title(explainer.params()) if method is not None else type(explainer).__name__
+
+
 def _window_text(pool_size: Any) -> str:
     return "x".join(str(p) for p in pool_size) if isinstance(pool_size, (list, tuple)) else str(pool_size)
 
@@ -189,6 +204,14 @@ def _cam_label(params: Mapping[str, Any]) -> str:
     return "HiResCAM" if _is_window_one(size) else f"Seg-XRes-CAM {mode} w{_window_text(size)}"
 
 
+def _cam_title(params: Mapping[str, Any]) -> str:
+    size, mode = params.get("pool_size", 1), params.get("pool_mode", "mean")
+    pooling = "" if mode == "mean" or _is_window_one(size) else f", {mode} pooling"
+    if size == "global":
+        return "Seg-Grad-CAM" + pooling
+    return ("HiResCAM" if _is_window_one(size) else f"Seg-XRes-CAM, window {_window_text(size)}") + pooling
+
+
 def _rise_label(params: Mapping[str, Any]) -> str:
     return "RISE centred" if params.get("center_scores") else "RISE"
 
@@ -199,13 +222,14 @@ def _global(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 register(Method("seggradcam", "monai_xres.explainers.cam.SegGradCAM", "Seg-Grad-CAM", aliases=("gradcam",),
-                tag=lambda p: _cam_tag(_global(p)), label=lambda p: _cam_label(_global(p))))
+                tag=lambda p: _cam_tag(_global(p)), label=lambda p: _cam_label(_global(p)),
+                title=lambda p: _cam_title(_global(p))))
 register(Method("hirescam", "monai_xres.explainers.cam.HiResCAM", "HiResCAM",
-                tag=lambda p: _cam_tag({"pool_size": 1})))
+                tag=lambda p: _cam_tag({"pool_size": 1}), title=lambda p: _cam_title({"pool_size": 1})))
 register(Method("segxrescam", "monai_xres.explainers.cam.SegXResCAM", "Seg-XRes-CAM",
                 defaults={"pool_size": 2, "pool_mode": "mean"}, aliases=("xres",),
                 variants=tuple({"pool_size": w, "pool_mode": m} for w in (2, 4) for m in ("mean", "max")),
-                tag=_cam_tag, label=_cam_label))
+                tag=_cam_tag, label=_cam_label, title=_cam_title))
 register(Method("segrise", "monai_xres.explainers.rise.SegRISE", "RISE", aliases=("rise",),
                 defaults={"n_masks": 200, "p_keep": 0.5, "batch_size": 8, "score": "dice", "seed": 0},
                 variants=({}, {"center_scores": True}),

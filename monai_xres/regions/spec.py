@@ -130,6 +130,24 @@ class RegionSpec:
                 return kind.replace("_key", "")
         return f"class{self.class_index}"
 
+    def title(self, class_names: Mapping[Any, str] | None = None) -> str:
+        """The region in words for a reader, e.g. ``spleen``, ``spleen in the box``, ``spleen, label 3``;
+        ``class_names``: ``{class index: name}`` (e.g. a bundle's ``channel_def``), else ``class N``."""
+        names = {int(k): str(v).replace("_", " ") for k, v in dict(class_names or {}).items()}
+        words = names.get(self.class_index, f"class {self.class_index}")
+        if self.name:
+            return f"{words}, {self.name}"
+        if self.region_key is not None:
+            words += f", label {self.label_value}" if self.label_value is not None else f", {self.region_key}"
+        for kind, where in (("box", "in the box"), ("point", "at the point"), ("markup", "at the markup"),
+                            ("markup_key", "at the markup")):
+            if getattr(self, kind) is not None:
+                words += f" {where}"
+        for value, text in ((self.contrast_class, "against {}"), (self.border_class, "border with {}")):
+            if value is not None:
+                words += ", " + text.format(names.get(value, f"class {value}"))
+        return words + (f", {self.rim} rim" if self.rim else "")
+
     def describe(self) -> dict:
         """JSON-friendly description, for provenance sidecars."""
         out = {k: v for k, v in asdict(self).items() if v is not None and v is not False}  # keeps class 0

@@ -50,9 +50,10 @@ from monai_xres.apps.nnunet.loader import NnUNetModel, load_model
 from monai_xres.apps.resume import CaseOutputs
 from monai_xres.apps.runner import method_configs
 from monai_xres.explainers.base import Explainer, Explanation, predict
-from monai_xres.explainers.registry import default_method, get_method
+from monai_xres.explainers.registry import default_method, get_method, title_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
+from monai_xres.output.slicer import class_names
 from monai_xres.output.writer import atomic_path, atomic_write_text
 from monai_xres.regions.spec import RegionSpec, as_region_spec
 
@@ -248,7 +249,8 @@ class NnUNetExplainer:
         grey, _ = image_arrays(scan_image(scan[0], props, self.reader))
         reg = image_arrays(scan_image(region.astype(np.float32), props, self.reader))[0] > 0.5
         centre = overlay_centre(sal, reg)
-        save_overlay(f"{stem}.png", grey, sal, reg, affine, centre, f"{key} / nnU-Net")
+        title = f"{title_of(explainer)} — {spec.title(class_names(self.model.dataset_json))} (nnU-Net)"
+        save_overlay(f"{stem}.png", grey, sal, reg, affine, centre, title)
         files = {"saliency": os.path.basename(final), "overlay": f"{stem.name}.png",
                  "segmentation": os.path.basename(result.segmentation or "")}
         checksums = {role: {"bytes": os.path.getsize(f), "sha256": sha256_file(f)}
