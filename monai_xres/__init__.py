@@ -1,6 +1,6 @@
 """monai_xres: Seg-XRes-CAM and RISE explanations of MONAI segmentation networks, aligned to the scan.
 
-Read README.md's "Architecture" first: ``explainers`` compute, ``regions`` say what is explained,
+Read docs/architecture.md first: ``explainers`` compute, ``regions`` say what is explained,
 ``metrics``/``evaluation`` judge maps, ``output`` writes them; ``transforms``, ``handlers``, ``cli`` and
 ``apps`` are thin adapters around them.
 """

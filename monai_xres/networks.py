@@ -100,7 +100,7 @@ class NetworkType:
     Attributes:
         class_path: ``module.Class`` of the network (matched with ``isinstance``).
         default_layer: the layer explained when ``target_layer`` is None: a level alias (e.g.
-            ``"decoder3"``, chosen by the faithfulness sweep, see README "Faithfulness") or ``net -> name``.
+            ``"decoder3"``, chosen by the faithfulness sweep, see docs/faithfulness.md) or ``net -> name``.
         reshape: ``net -> Reshape`` for layers whose output is not a ``(B, K, *grid)`` map, else None.
         stride: ``(net, n_dims) -> total down-sampling per axis`` (crops are aligned to it).
         levels: ``net -> {alias: dotted name}``, bottleneck first, then ``decoderN`` .. ``decoder1``
@@ -129,7 +129,7 @@ class NetworkType:
 def _deepest_decoder(net: nn.Module) -> str:
     """The decoder level nearest the bottleneck (the highest ``decoder<k>``), whatever the network's depth.
 
-    UNet's measured default (README "Faithfulness", weights 3D 0.4.0 and 2D 0.3.0: ``decoder3`` and ``decoder1``
+    UNet's measured default (docs/faithfulness.md, weights 3D 0.4.0 and 2D 0.3.0: ``decoder3`` and ``decoder1``
     tie at mean rank 2.44 of 5 over deletion, insertion and equal-volume masking, ``decoder2`` 2.61,
     ``head-input`` 2.89, the bottleneck 4.61; a tie goes to the coarser level, the finer one resembling the
     region more). The decoder levels are close and the bundles disagree (3D: ``decoder1`` 1.22; 2D:
@@ -143,7 +143,7 @@ def _deepest_decoder(net: nn.Module) -> str:
 
 NETWORK_TYPES: list[NetworkType] = [
     NetworkType("monai.networks.nets.UNet", _deepest_decoder, stride=_strides, levels=unet_levels),
-    # UNETR: decoder4 and decoder3 tie first on the shipped UNETR bundle (README "Faithfulness", weights 0.2.1,
+    # UNETR: decoder4 and decoder3 tie first on the shipped UNETR bundle (docs/faithfulness.md, weights 0.2.1,
     # the full sweep: mean rank 2.11; decoder2 2.78, decoder5 3.00, the bottleneck vit.norm 5.00), the tie to the
     # coarser (as for UNet); a reduced sweep (2 cases) had put decoder3 alone first, and with the first weights
     # the bottleneck
@@ -181,7 +181,7 @@ def network_levels(network: nn.Module) -> dict[str, str]:
 def default_layer_name(network: nn.Module) -> tuple[str, Reshape | None]:
     """The default target layer of a supported network, and the token reshape it needs (if any).
 
-    Each :data:`NETWORK_TYPES` entry names its default level (README "Faithfulness" gives the numbers
+    Each :data:`NETWORK_TYPES` entry names its default level (docs/faithfulness.md gives the numbers
     behind each choice); :func:`network_levels` lists the levels.
 
     Raises:

@@ -1,8 +1,10 @@
-"""The one command behind README's "Faithfulness" tables runs and writes its section between the markers."""
+"""The one command behind the docs' "Faithfulness" tables runs and writes its section between the markers."""
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,13 +16,13 @@ def _tool():
     return module
 
 
-def test_the_readme_command_writes_the_sweep_and_the_table_between_the_markers(tmp_path):
+def test_the_page_command_writes_the_sweep_and_the_table_between_the_markers(tmp_path):
     tool = _tool()
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n\n{tool.BEGIN}\nold\n{tool.END}\n\nafter\n")
+    page = tmp_path / "faithfulness.md"
+    page.write_text(f"# x\n\nbefore\n\n{tool.BEGIN}\nold\n{tool.END}\n\nafter\n")
     assert tool.main(["--quick", "--bundles", "ct_spleen_unet2d", "--output-dir", str(tmp_path / "out"),
-                      "--readme", str(readme), "--note", "a note"]) == 0
-    text = readme.read_text()
+                      "--page", str(page), "--note", "a note"]) == 0
+    text = page.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
     assert "**a note**" in text and "ct_spleen_unet2d (UNet), sample cases: layer sweep" in text
     assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder3`" in text
@@ -31,10 +33,26 @@ def test_the_readme_command_writes_the_sweep_and_the_table_between_the_markers(t
     assert result["default"] == "decoder3" and set(result["ranking"]) == {
         "bottleneck", "decoder3", "decoder2", "decoder1", "head-input"}
     assert (tmp_path / "out" / "ct_spleen_unet2d" / "sample_cases" / "faithfulness.md").is_file()
-    readme.write_text("no markers")  # refused before any work: no new output
+    page.write_text("no markers")  # refused before any work: no new output
     assert tool.main(["--quick", "--bundles", "ct_spleen_unet2d", "--output-dir", str(tmp_path / "again"),
-                      "--readme", str(readme)]) == 2
+                      "--page", str(page)]) == 2
     assert not (tmp_path / "again").exists()
+
+
+def test_the_docs_page_has_the_markers_and_readme_is_a_deprecated_alias_of_page(tmp_path):
+    tool = _tool()
+    text = (ROOT / "docs" / "faithfulness.md").read_text()
+    assert text.count(tool.BEGIN) == 1 and text.index(tool.BEGIN) < text.index(tool.END)
+    page = tmp_path / "README.md"
+    page.write_text("x")
+    with pytest.warns(DeprecationWarning, match="--page"):
+        args = tool._parse(["--quick", "--readme", str(page)])
+    assert args.page == str(page)
+    with pytest.raises(SystemExit):  # one or the other, not both
+        tool._parse(["--readme", str(page), "--page", str(page)])
+    with pytest.warns(DeprecationWarning):  # the old form still refuses a file without markers, before any work
+        assert tool.main(["--quick", "--output-dir", str(tmp_path / "out"), "--readme", str(page)]) == 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_reduced_sweep_applies_to_the_bundles_named_and_says_so():

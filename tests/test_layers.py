@@ -142,7 +142,7 @@ def test_hirescam_at_the_head_input_is_complete(kind, dims):
 
 
 def test_defaults_are_the_measured_levels():
-    """Pinned: the default target layer of each network type (the README's "Faithfulness" sweep: UNet decoder3,
+    """Pinned: the default target layer of each network type (the sweep of docs/faithfulness.md: UNet decoder3,
     mean rank 2.44 over the two UNet bundles, 3D weights 0.4.0 and 2D 0.3.0, tied with decoder1 and taken as
     the coarser; UNETR decoder4, 2.11 with the UNETR bundle's weights 0.2.1, tied with decoder3 and taken as the
     coarser; the others the decoder level nearest the bottleneck, with no bundle to measure on)."""

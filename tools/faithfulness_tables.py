@@ -1,5 +1,5 @@
-"""README "Faithfulness": the layer sweep and the faithfulness table with sanity baselines, for every shipped
-bundle on the sample cases and on a real CT, written by one command.
+"""The "Faithfulness" docs page: the layer sweep and the faithfulness table with sanity baselines, for every
+shipped bundle on the sample cases and on a real CT, written by one command into ``docs/faithfulness.md``.
 
 For each bundle: every level of its network (``bottleneck``, ``decoderN`` .. ``decoder1``, ``head-input``;
 :func:`monai_xres.networks.network_levels`) and the multi-layer map of all decoder levels (``combine="mean"``),
@@ -17,11 +17,12 @@ bottleneck, the coarser map, since the finer levels buy part of their score by r
 Usage (from the repository root)::
 
     python tools/faithfulness_tables.py --real-ct ../shared/data/ct_abdomen_3mm.nii.gz \\
-        --real-labels ../shared/data/ct_abdomen_3mm_labels.nii.gz --readme README.md [--note TEXT]
+        --real-labels ../shared/data/ct_abdomen_3mm_labels.nii.gz --page docs/faithfulness.md [--note TEXT]
 
 writes ``outputs/faithfulness/<bundle>/<cases>/`` (each evaluation's full report), ``readme_section.md``
-and ``ranking.json`` there, and with ``--readme`` replaces README's text between the two
-``faithfulness`` markers. ``--quick``: 1 case, 3 steps, 8 RISE masks (checks that it runs; numbers mean nothing);
+and ``ranking.json`` there, and with ``--page`` replaces the page's text between the two ``faithfulness``
+markers (``--readme FILE``, from when the tables were in README, is a deprecated alias of ``--page FILE``).
+``--quick``: 1 case, 3 steps, 8 RISE masks (checks that it runs; numbers mean nothing);
 ``--cases N --steps S --rise-masks M``: a reduced sweep (say so wherever its numbers are used); with
 ``--reduced-for BUNDLE ...`` only those bundles are reduced (the others get the full sweep). Each bundle's
 heading in the section states its cases, steps and RISE masks.
@@ -35,6 +36,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,13 +203,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real-ct", help="a real CT scan (e.g. ../shared/data/ct_abdomen_3mm.nii.gz)")
     parser.add_argument("--real-labels", help="its label map, spleen = 1")
     parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=BUNDLES)
     parser.add_argument("--output-dir", default="outputs/faithfulness")
-    parser.add_argument("--readme", help="README to update between the faithfulness markers")
+    parser.add_argument("--page", help="Markdown page to update between the faithfulness markers "
+                        "(docs/faithfulness.md)")
+    parser.add_argument("--readme", help="deprecated: the same as --page")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. which weights)")
     parser.add_argument("--rise-masks", type=int, default=FULL_RISE_MASKS)
     parser.add_argument("--steps", type=int, default=FULL_STEPS, help="deletion/insertion steps")
@@ -217,14 +221,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="apply --cases/--steps/--rise-masks to these bundles only")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    if args.readme:  # the tables moved from README to the docs; the old option keeps working
+        if args.page:
+            parser.error("give --page alone (--readme is its deprecated alias)")
+        warnings.warn("--readme is deprecated: use --page (the tables now live in docs/faithfulness.md)",
+                      DeprecationWarning, stacklevel=2)
+        args.page = args.readme
     if bool(args.real_ct) != bool(args.real_labels):
         parser.error("give --real-ct and --real-labels together")
-    missing = [p for p in (args.real_ct, args.real_labels, args.readme) if p and not Path(p).is_file()]
+    missing = [p for p in (args.real_ct, args.real_labels, args.page) if p and not Path(p).is_file()]
     if missing:
         parser.error(f"{missing[0]} does not exist")
-    text = Path(args.readme).read_text(encoding="utf-8") if args.readme else ""
-    if args.readme and (BEGIN not in text or END not in text):  # checked before hours of work, not after
-        print(f"faithfulness_tables: error: {args.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    text = Path(args.page).read_text(encoding="utf-8") if args.page else ""
+    if args.page and (BEGIN not in text or END not in text):  # checked before hours of work, not after
+        print(f"faithfulness_tables: error: {args.page} has no {BEGIN} ... {END} markers", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     results = run(args)
@@ -233,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "readme_section.md", section + "\n")
     keys = ("bundle", "cases", "n", "size", "default", "ranking", "seconds", "sha256", "skipped")
     atomic_write_text(out / "ranking.json", json.dumps([{k: r[k] for k in keys} for r in results], indent=1))
-    if args.readme:
-        text = Path(args.readme).read_text(encoding="utf-8")  # as it is now: other edits meanwhile are kept
+    if args.page:
+        text = Path(args.page).read_text(encoding="utf-8")  # as it is now: other edits meanwhile are kept
         pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        atomic_write_text(args.readme, pattern.sub(lambda _: section, text))
+        atomic_write_text(args.page, pattern.sub(lambda _: section, text))
     print(f"Wrote {out / 'readme_section.md'}")
     return 0
 
