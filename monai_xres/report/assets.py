@@ -11,7 +11,7 @@ table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ccc;paddin
 th{background:#eee;cursor:pointer;position:sticky;top:0;user-select:none}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-img.thumb{height:56px;display:block}
+img.thumb{width:100px;height:80px;object-fit:cover;object-position:82% 50%;display:block}
 .flag{display:inline-block;background:#fde2e1;color:#900;border-radius:3px;padding:0 4px;margin:1px;font-size:11px}
 .card{border:1px solid #bbb;border-radius:6px;padding:.6em;margin:1em 0}
 .maps{display:flex;flex-wrap:wrap;gap:10px}.maps figure{margin:0;max-width:300px;font-size:12px}

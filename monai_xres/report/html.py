@@ -63,11 +63,13 @@ def _row(row: Mapping[str, Any]) -> str:
 
 def _summary(cases: Sequence[Mapping[str, Any]]) -> str:
     rows = [r for c in cases for r in c["rows"]]
+    by_row = Counter(f for r in rows for f in str(r.get("flags", "")).split(";") if f)
     by_case = Counter(f for c in cases for f in {f for r in c["rows"] for f in str(r.get("flags", "")).split(";") if f})
     failed = sum(1 for c in cases if c["error"])
-    items = "".join(f"<li><b>{e(f)}</b>: {by_case.get(f, 0)} case(s)</li>" for f in FLAGS)
-    return (f"<p>{len(cases)} case(s), {len(rows)} row(s), {failed} case(s) with a failure.</p>"
-            f"<p>Cases by flag:</p><ul>{items}</ul>")
+    items = "".join(f"<tr><td><b>{e(f)}</b></td><td class=n>{by_case.get(f, 0)}</td><td class=n>{by_row.get(f, 0)}"
+                    f"</td><td>{e(LEGEND[f])}</td></tr>" for f in FLAGS)
+    return (f"<p>{len(cases)} case(s), {len(rows)} row(s), {failed} case(s) with a failure.</p><table id=\"flags\">"
+            f"<tr><th>flag</th><th>cases</th><th>rows</th><th>threshold</th></tr>{items}</table>")
 
 
 def _controls(cases: Sequence[Mapping[str, Any]]) -> str:
@@ -106,11 +108,10 @@ def _card(case: Mapping[str, Any]) -> str:
 
 def page(cases: Sequence[Mapping[str, Any]], plots: Mapping[str, str], title: str = "Cohort explanations") -> str:
     """The whole page as text."""
-    legend = "".join(f"<dt>{e(f)}</dt><dd>{e(text)}</dd>" for f, text in LEGEND.items())
     images = "".join(f'<img src="{e(p)}" alt="{e(k)}"> ' for k, p in plots.items())
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{e(title)}</title><style>{STYLE}</style></head><body>\n<h1>{e(title)}</h1>\n"
-            f"<h2>Summary</h2>{_summary(cases)}<dl class=\"legend\">{legend}</dl>\n"
+            f"<h2>Summary</h2>{_summary(cases)}\n"
             f"<p>Shares are of each map's positive mass, on the scan's grid. Data: "
             f'<a href="cohort.csv">cohort.csv</a>.</p><div>{images}</div>\n'
             f"<h2>Maps</h2>{_controls(cases)}\n{_table(cases)}\n<h2>Cases</h2>\n"

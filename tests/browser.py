@@ -1,0 +1,127 @@
+"""A headless Chromium driven through the Chrome DevTools protocol over a pipe (no extra package): open a
+page, run JavaScript in it, collect its console errors, take a screenshot. Shared by the browser tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def chromium() -> str | None:
+    """The Chromium executable, None when absent."""
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
+
+
+class Browser:
+    """One headless Chromium with one page; ``errors`` collects console errors, exceptions and failed loads."""
+
+    def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
+        to_chrome, self._write = os.pipe()
+        self._read, from_chrome = os.pipe()
+
+        def fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4
+            a, b = os.dup(to_chrome), os.dup(from_chrome)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.process = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
+                                         f"--window-size={width},{height}", "about:blank"], preexec_fn=fds,
+                                        pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._id, self._replies, self.events, self.errors = 0, {}, queue.Queue(), []
+        threading.Thread(target=self._listen, daemon=True).start()
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=True)
+
+    def _listen(self) -> None:
+        buffer = b""
+        while chunk := os.read(self._read, 1 << 16):
+            buffer += chunk
+            while b"\0" in buffer:
+                raw, buffer = buffer.split(b"\0", 1)
+                message = json.loads(raw)
+                if "id" in message:
+                    self._replies[message["id"]] = message
+                else:
+                    self._event(message)
+
+    def _event(self, message: dict) -> None:
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            self.errors.append(params["exceptionDetails"].get("text", "exception"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            self.errors.append(f"{params['entry'].get('text')} {params['entry'].get('url', '')}")
+        self.events.put(message)
+
+    def call(self, method: str, params: dict | None = None, session: bool = False, timeout: float = 60) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while self._id not in self._replies:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise TimeoutError(f"Chromium did not answer {method}")
+            time.sleep(0.01)
+        reply = self._replies.pop(self._id)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def open(self, url: str, timeout: float = 60) -> None:
+        """Navigate and wait for the load event."""
+        while not self.events.empty():
+            self.events.get_nowait()
+        self.call("Page.navigate", {"url": url}, session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.events.get(timeout=0.5).get("method") == "Page.loadEventFired":
+                    return
+            except queue.Empty:
+                continue
+        raise TimeoutError(f"{url} did not load")
+
+    def js(self, expression: str) -> Any:
+        """Evaluate ``expression`` in the page (promises awaited); its JSON value."""
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True}, session=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path, full_page: bool = False) -> Path:
+        params = {"format": "png", "captureBeyondViewport": full_page}
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", params, session=True)["data"]))
+        return path
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        os.close(self._write)
+        os.close(self._read)
