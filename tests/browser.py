@@ -4,6 +4,7 @@ page, run JavaScript in it, collect its console errors, take a screenshot. Share
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -30,14 +31,15 @@ class Browser:
         to_chrome, self._write = os.pipe()
         self._read, from_chrome = os.pipe()
 
-        def fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4
-            a, b = os.dup(to_chrome), os.dup(from_chrome)
+        def fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4 (dup2: inheritable; the
+            # other descriptors Python opened are close-on-exec)
+            a, b = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome, from_chrome))  # clear of 3 and 4
             os.dup2(a, 3)
             os.dup2(b, 4)
 
         self.process = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
                                          f"--window-size={width},{height}", "about:blank"], preexec_fn=fds,
-                                        pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome)
         os.close(from_chrome)
         self._id, self._replies, self.events, self.errors = 0, {}, queue.Queue(), []
@@ -109,6 +111,15 @@ class Browser:
             raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def click(self, selector: str) -> None:
+        """A real mouse click (pressed and released) at the middle of the first element matching ``selector``."""
+        box = self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView("
+                      "{block: 'center'}); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, "
+                      "r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
+                                                   "clickCount": 1}, session=True)
+
     def screenshot(self, path: Path, full_page: bool = False) -> Path:
         params = {"format": "png", "captureBeyondViewport": full_page}
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", params, session=True)["data"]))
@@ -125,3 +136,17 @@ class Browser:
             self.process.kill()
         os.close(self._write)
         os.close(self._read)
+
+
+if __name__ == "__main__":  # python tests/browser.py OUT_DIR/report.html docs/images/report.png
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        browser = Browser(Path(profile), 1280, 1000)
+        try:
+            browser.open(Path(sys.argv[1]).resolve().as_uri())
+            browser.js("new Promise(r => setTimeout(r, 500))")
+            print(browser.screenshot(Path(sys.argv[2])), browser.errors or "no console error")
+        finally:
+            browser.close()
