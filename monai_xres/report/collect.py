@@ -15,6 +15,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def _row(root: Path, path: Path, record: Mapping[str, Any], volumes: CaseVolumes
     instance = region.get("instance")
     row = {"case": volumes.stem, "class": c, "region": name if instance is None else f"{name}-instance{instance:03d}",
            "method": str(method.get("name", "")), "layer": _layer(method),
-           "predicted_ml": local.get("region_ml", volumes.predicted_ml(c) if c is not None else math.nan),
+           "predicted_ml": local["region_ml"] if "region_ml" in local else volumes.predicted_ml(c),
            "dice": volumes.dice(c) if volumes.label_dir and c is not None else math.nan,
            "share_inside": local.get("inside", math.nan), NEAR_COLUMN: local.get("near", math.nan),
            OUTSIDE_COLUMN: local.get("outside", math.nan), "map_max": local.get("max", math.nan),
@@ -155,4 +156,7 @@ def collect(output_dir: str | os.PathLike, label_dir: str | os.PathLike | None =
     root = Path(output_dir)
     failed = failures(root)
     folders = {d.name for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any(d.glob("*.json"))}
-    return [_case(root, name, failed.get(name), label_dir, anatomy_dir) for name in sorted(folders | set(failed))]
+    names = sorted(folders | set(failed))
+    # reading a case is mostly decompressing NIfTI files (zlib lets go of the GIL): cases in threads
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda name: _case(root, name, failed.get(name), label_dir, anatomy_dir), names))

@@ -102,23 +102,26 @@ class CaseVolumes:
             return None
         return self._once(key, lambda: _on_grid(path, seg[0].shape, seg[1]))
 
-    def predicted_ml(self, class_index: int) -> float:
+    def predicted_ml(self, class_index: int | None) -> float:
         """Volume of the class in the segmentation, mL (NaN without one)."""
         seg = self.segmentation()
-        if seg is None:
+        if seg is None or class_index is None:
             return math.nan
-        return float((seg[0] == class_index).sum()) * abs(float(np.linalg.det(seg[1][:3, :3]))) / 1000.0
+        return np.count_nonzero(seg[0] == class_index) * abs(float(np.linalg.det(seg[1][:3, :3]))) / 1000.0
 
     def dice(self, class_index: int) -> float:
         """Dice of the class against the label (value = class index); NaN without a label or segmentation;
         1 when both are empty (:func:`monai_xres.regions.scores.dice`)."""
         from monai_xres.regions.scores import dice
 
-        label, seg = self._beside("label", self.label_dir), self.segmentation()
-        if label is None or seg is None:
-            return math.nan
-        a, b = seg[0] == class_index, label == class_index
-        return float(dice(float(np.logical_and(a, b).sum()), float(a.sum()), float(b.sum())))
+        def measure() -> float:
+            label, seg = self._beside("label", self.label_dir), self.segmentation()
+            if label is None or seg is None:
+                return math.nan
+            a, b = seg[0] == class_index, label == class_index
+            return float(dice(np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b)))
+
+        return self._once(f"dice {class_index}", measure)
 
     def region(self, region: Mapping[str, Any]) -> np.ndarray | None:
         """The region of a sidecar's ``region`` on the scan grid: its instance in the instance label map, else
