@@ -131,3 +131,17 @@ def test_anatomy_dir_measures_structure_shares(tmp_path):
     rows = _rows(tmp_path / "run")
     assert float(rows[0]["anatomy_label 1"]) == pytest.approx(0.1 / 16.1, rel=RTOL)
     assert rows[0]["flags"] == "away_from_region"  # label 1 is the class's own structure
+
+
+def test_map_locality_of_degenerate_maps_is_strict_json():
+    from monai_xres.output.qc import map_locality
+
+    region = np.zeros(SHAPE, bool)
+    region[REGION] = True
+    broken = maps()["near"].copy()
+    broken[0, 0, 1] = np.nan
+    for saliency, mask in ((maps()["zero"], region), (maps()["near"], ~region & False), (broken, region)):
+        facts = map_locality(saliency, mask, AFFINE)
+        json.dumps(facts, allow_nan=False)  # no NaN in a sidecar
+        assert facts["inside"] is None and facts["near"] is None and facts["outside"] is None
+    assert map_locality(maps()["near"], ~region & False, AFFINE)["region_ml"] == 0.0

@@ -79,7 +79,8 @@ def map_locality(saliency: Any, region: Any, affine: Any, near_mm: float = NEAR_
     Returns:
         ``{"region_ml", "min", "max", "near_mm", "inside", "near", "outside"}``: the shares of the positive
         mass inside the region, within ``near_mm`` of it (inside included) and beyond (``1 - near``);
-        NaN shares for an empty region or a map without positive mass.
+        None (not NaN: the sidecars stay strict JSON) for the shares of an empty region, of a map without
+        positive mass or with non-finite values, and for the extremes of a non-finite map.
     """
     sal = np.asarray(saliency.cpu() if isinstance(saliency, torch.Tensor) else saliency, dtype=np.float64)
     mask = np.asarray(region.cpu() if isinstance(region, torch.Tensor) else region).astype(bool)
@@ -88,11 +89,11 @@ def map_locality(saliency: Any, region: Any, affine: Any, near_mm: float = NEAR_
     out: dict[str, Any] = {"region_ml": float(mask.sum()) * abs(float(np.linalg.det(matrix[:n, :n]))) / 1000.0,
                            "min": float(sal.min()), "max": float(sal.max()), "near_mm": float(near_mm)}
     shares = [math.nan, math.nan]
-    if mask.any():
+    if mask.any() and np.isfinite(sal).all():  # a broken map is reported as such, not raised here
         spacing = tuple(float(v) for v in np.linalg.norm(matrix[:n, :n], axis=0))
         shares = locality(torch.from_numpy(sal), torch.from_numpy(mask), (0.0, near_mm), spacing, True)["share"]
     out.update(inside=shares[0], near=shares[1], outside=1.0 - shares[1])
-    return out
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # strict JSON
 
 
 def _cell(value: Any) -> str:

@@ -106,7 +106,8 @@ def _row(root: Path, path: Path, record: Mapping[str, Any], volumes: CaseVolumes
     method, region, files = record["method"], record["region"], record["files"]
     c = region.get("class_index")
     nifti = path.parent / str(files.get("saliency", ""))
-    local = record.get("locality") or volumes.locality(nifti, region) or {}
+    local = {k: math.nan if v is None else v for k, v in (record.get("locality") or volumes.locality(nifti, region)
+                                                          or {}).items()}
     anatomy = record.get("anatomy") or (volumes.anatomy(nifti) if volumes.anatomy_dir else None) or {}
     name = str(region.get("name", ""))
     instance = region.get("instance")
