@@ -89,6 +89,12 @@ def _table(cases: Sequence[Mapping[str, Any]]) -> str:
     return f'<table id="cohort"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
 
 
+def _caption(row: Mapping[str, Any]) -> str:
+    near = _number(row.get(NEAR_COLUMN))
+    text = f"<br>within {NEAR_MM:g} mm {near:.2f}" if math.isfinite(near) else ""
+    return text + "".join(f' <span class="flag">{e(f)}</span>' for f in str(row.get("flags", "")).split(";") if f)
+
+
 def _card(case: Mapping[str, Any]) -> str:
     name = str(case["name"])
     versions = ", ".join(f"{k} {v}" for k, v in (case.get("versions") or {}).items())
@@ -97,7 +103,7 @@ def _card(case: Mapping[str, Any]) -> str:
     figures = "".join(
         f'<figure><a href="{e(r["map"])}"><img src="{e(r["overlay"])}" alt="{e(r["method"])}" loading="lazy"></a>'
         f'<figcaption><a href="{e(r["map"])}">{e(r["method"])} / {e(r["region"])}</a>'
-        + (f' <span class="facts">layer {e(r["layer"])}</span>' if r.get("layer") else "")
+        + (f' <span class="facts">layer {e(r["layer"])}</span>' if r.get("layer") else "") + _caption(r)
         + "</figcaption></figure>" for r in case["rows"] if r.get("overlay"))
     error = f'<p class="err">{e(case["error"])}</p>' if case["error"] else ""
     return (f'<section class="card" id="case-{e(name)}"><h3>{e(name)}</h3>{error}<div class="maps">{figures}</div>'
