@@ -30,18 +30,17 @@ class Browser:
     def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
         to_chrome, self._write = os.pipe()
         self._read, from_chrome = os.pipe()
-
-        def fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4 (dup2: inheritable; the
-            # other descriptors Python opened are close-on-exec)
-            a, b = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome, from_chrome))  # clear of 3 and 4
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
-        self.process = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
-                                         f"--window-size={width},{height}", "about:blank"], preexec_fn=fds,
-                                        close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_chrome)
-        os.close(from_chrome)
+        # Chromium reads commands on fd 3 and writes replies on fd 4: bash puts the pipe ends there (moved
+        # above 10 first, so that neither is already 3 or 4) and becomes Chromium (no preexec_fn in a threaded
+        # process)
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chrome, from_chrome)]
+        command = [chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
+                   f"--window-size={width},{height}", "about:blank"]
+        shell = f'exec "$0" "$@" 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-'
+        self.process = subprocess.Popen([shutil.which("bash") or "/bin/bash", "-c", shell, *command], pass_fds=ends,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in (to_chrome, from_chrome, *ends):
+            os.close(fd)
         self._id, self._replies, self.events, self.errors = 0, {}, queue.Queue(), []
         threading.Thread(target=self._listen, daemon=True).start()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
