@@ -124,14 +124,27 @@ def test_anatomy_dir_without_structure_shares_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not anatomy_available(), reason="monai_xres.metrics.structures is missing in this version")
-def test_anatomy_dir_measures_structure_shares(tmp_path):
+def test_anatomy_dir_measures_structure_shares(tmp_path, capsys):
+    import nibabel as nib
+
     write_case(tmp_path / "run", "case_a", "far")
     anatomy = write_labels(tmp_path / "anatomy", {"case_a": True})
     assert main(["report", str(tmp_path / "run"), "--anatomy-dir", str(anatomy)]) == 0
     rows = _rows(tmp_path / "run")
     assert float(rows[0]["anatomy_label 1"]) == pytest.approx(0.1 / 16.1, rel=RTOL)
     assert rows[0]["flags"] == "away_from_region"  # label 1 is the class's own structure
-
+    labels = np.asarray(nib.load(anatomy / "case_a.nii.gz").dataobj)
+    labels[14:16, 14:16, 6:8] = 2  # the far evidence lies in structure 2
+    nib.save(nib.Nifti1Image(labels, AFFINE), str(anatomy / "case_a.nii.gz"))
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"1": "spleen", "2": "liver"}))
+    assert main(["report", str(tmp_path / "run"), "--anatomy-dir", str(anatomy), "--anatomy-names", str(names)]) == 0
+    (row, _) = _rows(tmp_path / "run")
+    assert float(row["anatomy_liver"]) == pytest.approx(16 / 16.1, rel=RTOL)
+    assert row["flags"] == "away_from_region;other_structure"
+    names.write_text(json.dumps({"spleen": 1}))
+    assert main(["report", str(tmp_path / "run"), "--anatomy-dir", str(anatomy), "--anatomy-names", str(names)]) == 2
+    assert "{label value: name}" in capsys.readouterr().err
 
 def test_map_locality_of_degenerate_maps_is_strict_json():
     from monai_xres.output.qc import map_locality

@@ -18,6 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("output_dir", metavar="OUT_DIR", help="the folder explain wrote (--output-dir)")
     parser.add_argument("--label-dir", help="label maps named like the scans (value = the class), for Dice")
     parser.add_argument("--anatomy-dir", help="anatomy label maps named like the scans, for structure shares")
+    parser.add_argument("--anatomy-names", help='JSON file naming the anatomy labels, {"1": "spleen", ...} (default: '
+                        "'label <value>')")
     return parser
 
 
@@ -27,13 +29,15 @@ def _print(written: dict[str, str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report of ``args.output_dir``; exit status 0 (2 for a usage error, raised)."""
+    from monai_xres.apps.checks import read_json
     from monai_xres.output.lock import output_lock
     from monai_xres.report import check_report, write_report
 
-    check_report(args.output_dir, args.label_dir, args.anatomy_dir)
+    names = None if args.anatomy_names is None else read_json(args.anatomy_names, "--anatomy-names file")
+    check_report(args.output_dir, args.label_dir, args.anatomy_dir, names)
     try:
         with output_lock(args.output_dir):
-            written = write_report(args.output_dir, args.label_dir, args.anatomy_dir)
+            written = write_report(args.output_dir, args.label_dir, args.anatomy_dir, names)
     except ValueError as e:
         raise UsageError(str(e)) from e
     _print(written)

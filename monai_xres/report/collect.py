@@ -129,14 +129,14 @@ def _row(root: Path, path: Path, record: Mapping[str, Any], volumes: CaseVolumes
     return row
 
 
-def _case(root: Path, name: str, failure: Mapping[str, str] | None, label_dir: Any, anatomy_dir: Any) -> dict:
+def _case(root: Path, name: str, failure: Mapping[str, str] | None, label_dir: Any, anatomy: tuple) -> dict:
     """One case: its rows, its files and the facts of its first sidecar (for its card)."""
     folder = root / name
     records = [(p, r) for p in sorted(folder.glob("*.json")) if (r := _sidecar(p)) is not None]
     good = [(p, r) for p, r in records if "error" not in r]
     first = good[0][1] if good else {}
     image = first.get("input") or (failure or {}).get("input", name)
-    volumes = CaseVolumes(folder, name, image, label_dir, anatomy_dir)
+    volumes = CaseVolumes(folder, name, image, label_dir, *anatomy)
     radii = _context_radii(folder) if folder.is_dir() else {}
     rows = [_row(root, p, r, volumes, radii) for p, r in good]
     errors = [(f"{p.name}: {r['error']}", p) for p, r in records if "error" in r]
@@ -151,7 +151,8 @@ def _case(root: Path, name: str, failure: Mapping[str, str] | None, label_dir: A
 
 
 def collect(output_dir: str | os.PathLike, label_dir: str | os.PathLike | None = None,
-            anatomy_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+            anatomy_dir: str | os.PathLike | None = None, anatomy_names: Mapping[Any, str] | None = None
+            ) -> list[dict[str, Any]]:
     """Every case of an ``explain`` output folder, in name order: ``{"name", "input", "rows", "files",
     "versions", "model", "created", "error"}``; each row has the :data:`COLUMNS` (and ``anatomy_<name>``)."""
     root = Path(output_dir)
@@ -160,4 +161,5 @@ def collect(output_dir: str | os.PathLike, label_dir: str | os.PathLike | None =
     names = sorted(folders | set(failed))
     # reading a case is mostly decompressing NIfTI files (zlib lets go of the GIL): cases in threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda name: _case(root, name, failed.get(name), label_dir, anatomy_dir), names))
+        return list(pool.map(lambda name: _case(root, name, failed.get(name), label_dir,
+                                                (anatomy_dir, anatomy_names)), names))

@@ -32,8 +32,10 @@ def anatomy_available() -> bool:
     return True
 
 
-def structure_shares_of(saliency: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """``{"shares": ..., "chance": ...}`` of a map over a label map on its grid (structures named ``label <v>``).
+def structure_shares_of(saliency: np.ndarray, labels: np.ndarray,
+                        names: Mapping[Any, str] | None = None) -> dict[str, dict[str, float]]:
+    """``{"shares": ..., "chance": ...}`` of a map over a label map on its grid; ``names``: ``{value: name}``
+    (default: every value present, named ``label <v>``).
 
     Raises:
         UsageError: the structure-share metric is not part of this version.
@@ -42,7 +44,7 @@ def structure_shares_of(saliency: np.ndarray, labels: np.ndarray) -> dict[str, d
         from monai_xres.metrics.structures import structure_shares
     except ImportError as e:
         raise UsageError(f"{_NOT_AVAILABLE}: drop --anatomy-dir.") from e
-    return structure_shares(saliency, labels, None)
+    return structure_shares(saliency, labels, names)
 
 
 def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -73,16 +75,17 @@ def _on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarr
 
 class CaseVolumes:
     """The label maps of one case, read once: its segmentation, its label (``label_dir``), its anatomy
-    (``anatomy_dir``); label and anatomy files are named like the scan.
+    (``anatomy_dir``, its structures named by ``anatomy_names``); label and anatomy files are named like the
+    scan.
 
     Args:
         folder: the case's output folder; stem: its file prefix; image: the scan's path (its file name).
     """
 
     def __init__(self, folder: Path, stem: str, image: str, label_dir: str | os.PathLike | None = None,
-                 anatomy_dir: str | os.PathLike | None = None) -> None:
+                 anatomy_dir: str | os.PathLike | None = None, anatomy_names: Mapping[Any, str] | None = None) -> None:
         self.folder, self.stem, self.name = Path(folder), stem, Path(image).name
-        self.label_dir, self.anatomy_dir = label_dir, anatomy_dir
+        self.label_dir, self.anatomy_dir, self.anatomy_names = label_dir, anatomy_dir, anatomy_names
         self._cache: dict[str, Any] = {}
 
     def _once(self, key: str, make) -> Any:
@@ -150,4 +153,4 @@ class CaseVolumes:
         if labels is None or not map_path.is_file():
             return None
         saliency, _ = load_volume(map_path)
-        return structure_shares_of(saliency, labels) if saliency.shape == labels.shape else None
+        return structure_shares_of(saliency, labels, self.anatomy_names) if saliency.shape == labels.shape else None
