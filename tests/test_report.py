@@ -158,3 +158,12 @@ def test_map_locality_of_degenerate_maps_is_strict_json():
         json.dumps(facts, allow_nan=False)  # no NaN in a sidecar
         assert facts["inside"] is None and facts["near"] is None and facts["outside"] is None
     assert map_locality(maps()["near"], ~region & False, AFFINE)["region_ml"] == 0.0
+
+
+def test_cases_in_sub_folders_are_found(tmp_path):
+    """With a data_root_dir, explain keeps the inputs' sub-folders: the report finds the cases there."""
+    write_case(tmp_path / "sub" / "site1", "case_a", "near")
+    write_report(tmp_path)
+    (row, _) = _rows(tmp_path)
+    assert row["case"] == "case_a" and row["map"].startswith("sub/site1/case_a/") and row["flags"] == ""
+    assert 'id="case-case_a"' in (tmp_path / "report.html").read_text()

@@ -136,28 +136,30 @@ def _case(root: Path, name: str, failure: Mapping[str, str] | None, label_dir: A
     good = [(p, r) for p, r in records if "error" not in r]
     first = good[0][1] if good else {}
     image = first.get("input") or (failure or {}).get("input", name)
-    volumes = CaseVolumes(folder, name, image, label_dir, *anatomy)
+    volumes = CaseVolumes(folder, folder.name, image, label_dir, *anatomy)
     radii = _context_radii(folder) if folder.is_dir() else {}
     rows = [_row(root, p, r, volumes, radii) for p, r in good]
     errors = [(f"{p.name}: {r['error']}", p) for p, r in records if "error" in r]
     if failure:
         errors.append((failure["error"], None))
     for error, _ in errors:
-        rows.append({"case": name, "error": error, "flags": "failed", "input": image})
+        rows.append({"case": folder.name, "error": error, "flags": "failed", "input": image})
     files = sorted({_relative(p, root) for pattern in _CASE_FILES for p in folder.glob(pattern)})
-    return {"name": name, "input": image, "rows": rows, "files": files, "versions": first.get("versions", {}),
-            "model": first.get("model", {}), "created": first.get("created", ""),
+    return {"name": name, "stem": folder.name, "input": image, "rows": rows, "files": files,
+            "versions": first.get("versions", {}), "model": first.get("model", {}), "created": first.get("created", ""),
             "error": "; ".join(e for e, _ in errors)}
 
 
 def collect(output_dir: str | os.PathLike, label_dir: str | os.PathLike | None = None,
             anatomy_dir: str | os.PathLike | None = None, anatomy_names: Mapping[Any, str] | None = None
             ) -> list[dict[str, Any]]:
-    """Every case of an ``explain`` output folder, in name order: ``{"name", "input", "rows", "files",
-    "versions", "model", "created", "error"}``; each row has the :data:`COLUMNS` (and ``anatomy_<name>``)."""
+    """Every case of an ``explain`` output folder, in name order: ``{"name" (its folder, relative), "stem" (its
+    file prefix), "input", "rows", "files", "versions", "model", "created", "error"}``; each row has the
+    :data:`COLUMNS` (and ``anatomy_<name>``)."""
     root = Path(output_dir)
     failed = failures(root)
-    folders = {d.name for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any(d.glob("*.json"))}
+    # case folders hold sidecars; with a data_root_dir they sit in the inputs' sub-folders (links not followed)
+    folders = {p.parent.relative_to(root).as_posix() for p in root.rglob("*.json") if p.parent != root}
     names = sorted(folders | set(failed))
     # reading a case is mostly decompressing NIfTI files (zlib lets go of the GIL): cases in threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:

@@ -106,7 +106,8 @@ def _card(case: Mapping[str, Any]) -> str:
         + (f' <span class="facts">layer {e(r["layer"])}</span>' if r.get("layer") else "") + _caption(r)
         + "</figcaption></figure>" for r in case["rows"] if r.get("overlay"))
     error = f'<p class="err">{e(case["error"])}</p>' if case["error"] else ""
-    return (f'<section class="card" id="case-{e(name)}"><h3>{e(name)}</h3>{error}<div class="maps">{figures}</div>'
+    return (f'<section class="card" id="case-{e(str(case["stem"]))}"><h3>{e(name)}</h3>{error}'
+            f'<div class="maps">{figures}</div>'
             f'<p class="facts">input {e(str(case["input"]))}<br>model {e(str(model.get("file") or ""))} sha256 '
             f'{e(str(model.get("sha256") or ""))}<br>{e(versions)}<br>created {e(str(case.get("created", "")))}</p>'
             f'<p class="facts">files: {files}</p></section>')
