@@ -38,6 +38,7 @@ SCRIPT = """
   }
   function sortBy(i) {
     var th = heads[i], numeric = th.getAttribute("data-type") === "num";
+    if (th.getAttribute("data-type") === "none") { return; }
     var d = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
     for (var k = 0; k < heads.length; k++) { heads[k].removeAttribute("aria-sort"); }
     th.setAttribute("aria-sort", d > 0 ? "ascending" : "descending");
