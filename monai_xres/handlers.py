@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from monai_xres.explainers.cam_shared import group_by_gradient
 from monai_xres.explainers.registry import build_explainer, name_of, title_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
+from monai_xres.output.qc import map_locality
 from monai_xres.output.writer import atomic_write_text, map_path, save_map
 from monai_xres.regions.spec import RegionSpec, as_region_spec, case_name
 from monai_xres.transforms import ExplainRegiond, Inferer, like_image
@@ -211,6 +213,7 @@ class SaliencyWriter:
         """Explain one region with one explainer (one map each of ``names``) and write every map."""
         adapter = ExplainRegiond(self.image_key, explainer, spec, inferer=self.inferer, slice_axis=self.slice_axis,
                                  slice_index=self.slice_index)
+        started = time.perf_counter()
         saliency, explanation, facts = adapter.explain(data, prediction)
         image = data[self.image_key]
         if not isinstance(image, MetaTensor):
@@ -224,6 +227,7 @@ class SaliencyWriter:
         own = adapter.explainer.params()
         # what the run found (RISE's crop and masks used, windows run and skipped), beside the parameters
         extra = {"run": {k: v for k, v in explanation.info.items() if k not in own and k != "maps"}}
+        extra["run"]["seconds"] = round(time.perf_counter() - started, 3)  # of the job (shared by its maps)
         if len(names) > 1:
             extra["shared_gradient"] = names
         return [self._write_map(data, maps, k, method, members[method], region, spec, explanation, facts, extra)
@@ -252,7 +256,8 @@ class SaliencyWriter:
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
                             "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
                             **channel_facts(self, data, region, spec, explanation, facts)}
-            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data, run)
+            self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data,
+                                {**run, "locality": map_locality(sal, reg > 0.5, affine)})
         return final
 
     def _write_sidecar(self, path: str, method: dict, region: dict, files: dict[str, str], data: Mapping,

@@ -24,6 +24,7 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
+from monai_xres.cli import report
 from monai_xres.cli.output import report_cohort, report_demo, report_written
 from monai_xres.cli.parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
@@ -178,7 +179,7 @@ def _cohort(args: argparse.Namespace, plan: dict[str, Any]) -> int:
 
     total = run_cohort(plan["bundle"], plan["cases"], plan["output_dir"], plan["methods"], plan["region"],
                        args.overwrite)
-    return report_cohort(total, len(plan["cases"]), plan["output_dir"])
+    return report_cohort(total, len(plan["cases"]), plan["output_dir"], not args.no_report)
 
 
 def _mask_parallel(plan: dict[str, Any]) -> int:
@@ -231,7 +232,7 @@ def _nnunet(args: argparse.Namespace) -> int:
         _checked(explainer.channel_files, case["image"])
     if cases is not None:
         total = explain_cohort_nnunet(explainer, cases, plan["region"], output_dir, args.overwrite)
-        return report_cohort(total, len(cases), output_dir)
+        return report_cohort(total, len(cases), output_dir, not args.no_report)
     with output_lock(output_dir) if not parallel else contextlib.nullcontext():
         result = _checked(explain_scan, explainer, plan["request"].files, plan["region"], output_dir,
                           plan["label"], parallel)
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monai-xres`` console script."""
     args = build_parser().parse_args(argv)
     _quiet_optional_readers()
-    command = {"evaluate": _evaluate, "demo": _demo, "explain": _explain}[args.command]
+    command = {"evaluate": _evaluate, "demo": _demo, "explain": _explain, "report": report.run}[args.command]
     try:
         return command(args)
     except (UsageError, FolderInUse) as e:

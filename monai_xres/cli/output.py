@@ -55,10 +55,14 @@ def report_demo(writer: Any, output_dir: str, first_tag: str, dice: float | None
     return 1 if writer.errors else 0
 
 
-def report_cohort(total: dict | None, n_cases: int, output_dir: str) -> int:
-    """A cohort's summary (rank 0; other ranks print nothing); the exit status (1 when a case failed)."""
+def report_cohort(total: dict | None, n_cases: int, output_dir: str, report: bool = True) -> int:
+    """A cohort's summary (rank 0; other ranks print nothing) and, with ``report``, its ``report.html`` and
+    ``cohort.csv`` (:mod:`monai_xres.report`); the exit status (1 when a case failed)."""
     if total is None:  # ranks other than 0: rank 0 reports for all
         return 0
+    from monai_xres.cli.report import write_cohort_report
+
+    write_cohort_report(output_dir, report)
     print(f"\nCohort of {n_cases} scans on {total['processes']} process(es): {total['done']} explained, "
           f"{total['skipped']} already done (skipped), {len(total['failed'])} failed, {total['seconds']:.1f} s.")
     for failure in total["failed"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from monai_xres.cli import report
 from monai_xres.explainers.registry import default_method, method_choices
 from monai_xres.networks import LEVEL_ALIASES
 
@@ -98,6 +99,7 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                     "region (CAMs: the gradient of -S; RISE: weights 1 - score); files end in -counterfactual")
     ex.add_argument("--output-dir", required=True)
     ex.add_argument("--overwrite", action="store_true", help="cohort: explain again cases already written")
+    ex.add_argument("--no-report", action="store_true", help="cohort: do not write report.html and cohort.csv")
     _qc_arguments(ex)
 
 
@@ -153,4 +155,5 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"methods to compare, of {', '.join(method_choices())} (default: all, every variant)")
     ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
+    report.add_parser(sub)
     return parser

@@ -242,24 +242,29 @@ def deletion_insertion(network: nn.Module, x: torch.Tensor, saliency: torch.Tens
 
 
 def locality(saliency: torch.Tensor, region: torch.Tensor, distances: Sequence[float] = (0.0, 5.0, 10.0, 20.0),
-             spacing: Sequence[float] | None = None) -> dict[str, Any]:
+             spacing: Sequence[float] | None = None, positive: bool = False) -> dict[str, Any]:
     """Share of the saliency mass within each distance (mm) of the region.
 
     The mass is that of the min-max normalised map (so a constant offset, such as uncentred RISE's mean
-    score, does not count). ``uniform`` is the share a flat map would get: the fraction of the volume
-    within the distance, the level of a map that ignores where the region is.
+    score, does not count); with ``positive``, that of the map's positive part (the convention of
+    :mod:`monai_xres.metrics.structures`: evidence against the class does not count). ``uniform`` is the
+    share a flat map would get: the fraction of the volume within the distance, the level of a map that
+    ignores where the region is.
 
     Args:
         saliency: one map on the grid of ``region``, ``(1, 1, *spatial)`` or ``spatial``.
         region: bool ``spatial``, e.g. ``Explanation.regions[0]``.
         distances: in mm (voxels when ``spacing`` is not given); 0 is the region itself.
         spacing: voxel size in mm per axis.
+        positive: measure the positive part of the raw map, not the min-max normalised map.
 
     Returns:
-        ``{"distance": [...], "share": [...], "uniform": [...]}`` (share NaN for an all-constant map).
+        ``{"distance": [...], "share": [...], "uniform": [...]}`` (share NaN for an all-constant map, or
+        with ``positive`` a map without positive mass).
     """
     region = torch.as_tensor(region).bool().cpu().numpy()
-    sal = normalize(_as_map(saliency, region.shape)[None, None])[0, 0].double().cpu().numpy()
+    sal = _as_map(saliency, region.shape)
+    sal = (sal.double().clamp(min=0) if positive else normalize(sal[None, None])[0, 0].double()).cpu().numpy()
     if not region.any():
         raise ValueError("The region is empty: give the resolved region (e.g. Explanation.regions[0]).")
     distance = ndimage.distance_transform_edt(~region, sampling=_spacing(spacing, region.ndim))

@@ -26,9 +26,10 @@ import torch
 from monai_xres.metrics.faithfulness import locality
 from monai_xres.output.writer import atomic_write_text
 
-__all__ = ["DISTANCES", "instance_facts", "saliency_facts", "write_table"]
+__all__ = ["DISTANCES", "NEAR_MM", "instance_facts", "map_locality", "saliency_facts", "write_table"]
 
 DISTANCES = (5.0, 10.0, 20.0)
+NEAR_MM = 10.0  # the band around a region whose evidence a reviewer counts as "near" (cohort report)
 
 
 def instance_facts(mask: torch.Tensor, logits: torch.Tensor, class_index: int, affine: Any,
@@ -66,6 +67,33 @@ def saliency_facts(saliency: torch.Tensor, mask: torch.Tensor, spacing: Sequence
     for d, share in zip(local["distance"], local["share"]):
         out[f"{tag}_share_inside" if d == 0 else f"{tag}_share_{d:g}mm"] = share
     return out
+
+
+def map_locality(saliency: Any, region: Any, affine: Any, near_mm: float = NEAR_MM) -> dict[str, Any]:
+    """Where a map's positive mass lies around its region, and the region's size, on one grid.
+
+    Args:
+        saliency: the map, ``spatial`` (numpy or torch); region: bool ``spatial``; affine: the grid's
+            voxel-to-world matrix (voxel sizes and volume are read from it).
+
+    Returns:
+        ``{"region_ml", "min", "max", "near_mm", "inside", "near", "outside"}``: the shares of the positive
+        mass inside the region, within ``near_mm`` of it (inside included) and beyond (``1 - near``);
+        None (not NaN: the sidecars stay strict JSON) for the shares of an empty region, of a map without
+        positive mass or with non-finite values, and for the extremes of a non-finite map.
+    """
+    sal = np.asarray(saliency.cpu() if isinstance(saliency, torch.Tensor) else saliency, dtype=np.float64)
+    mask = np.asarray(region.cpu() if isinstance(region, torch.Tensor) else region).astype(bool)
+    matrix = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    n = mask.ndim
+    out: dict[str, Any] = {"region_ml": float(mask.sum()) * abs(float(np.linalg.det(matrix[:n, :n]))) / 1000.0,
+                           "min": float(sal.min()), "max": float(sal.max()), "near_mm": float(near_mm)}
+    shares = [math.nan, math.nan]
+    if mask.any() and np.isfinite(sal).all():  # a broken map is reported as such, not raised here
+        spacing = tuple(float(v) for v in np.linalg.norm(matrix[:n, :n], axis=0))
+        shares = locality(torch.from_numpy(sal), torch.from_numpy(mask), (0.0, near_mm), spacing, True)["share"]
+    out.update(inside=shares[0], near=shares[1], outside=1.0 - shares[1])
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # strict JSON
 
 
 def _cell(value: Any) -> str:

@@ -53,6 +53,7 @@ from monai_xres.explainers.base import Explainer, Explanation, predict
 from monai_xres.explainers.registry import default_method, get_method, title_of
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
+from monai_xres.output.qc import map_locality
 from monai_xres.output.slicer import class_names
 from monai_xres.output.writer import atomic_path, atomic_write_text
 from monai_xres.regions.spec import RegionSpec, as_region_spec
@@ -260,7 +261,8 @@ class NnUNetExplainer:
                         "centre_voxel": list(centre), "centre_mm": world.round(3).tolist(), "space": "RAS"}
         record = sidecar({"name": tag, **explainer.params()}, region_facts, files, result.inputs[0],
                          None, str(self.model.folder), {"inputs": result.inputs, "nnunet": self._facts(),
-                                                        "checksums": checksums})
+                                                        "checksums": checksums,
+                                                        "locality": map_locality(sal, reg, affine)})
         atomic_write_text(f"{stem}.json", json.dumps(record, indent=2))
         return final
 
