@@ -24,8 +24,8 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
-from monai_xres.cli import report
-from monai_xres.cli.output import report_cohort, report_demo, report_written
+from monai_xres.cli import demo, report
+from monai_xres.cli.output import report_cohort, report_written
 from monai_xres.cli.parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
 from monai_xres.explainers.registry import get_method
@@ -241,17 +241,6 @@ def _nnunet(args: argparse.Namespace) -> int:
     return report_written(result, output_dir)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from monai_xres.apps.demo import demo_case, demo_dice, run_demo
-    from monai_xres.explainers.registry import default_method
-
-    output_dir = str(_checked(checks.check_output_dir, args.output_dir))
-    with output_lock(output_dir):
-        writer = run_demo(output_dir, args.rise_masks)
-    method = get_method(default_method())
-    return report_demo(writer, output_dir, method.file_tag(method.defaults), demo_dice(output_dir), str(demo_case()))
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from monai_xres.apps.demo import demo_bundle, sample_cases
     from monai_xres.apps.runner import evaluate_bundle
@@ -286,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monai-xres`` console script."""
     args = build_parser().parse_args(argv)
     _quiet_optional_readers()
-    command = {"evaluate": _evaluate, "demo": _demo, "explain": _explain, "report": report.run}[args.command]
+    command = {"evaluate": _evaluate, "demo": demo.run, "explain": _explain, "report": report.run}[args.command]
     try:
         return command(args)
     except (UsageError, FolderInUse) as e:

@@ -6,9 +6,9 @@ Method choices come from :mod:`monai_xres.explainers.registry`; the commands liv
 from __future__ import annotations
 
 import argparse
-import math
 
-from monai_xres.cli import report
+from monai_xres.cli import demo, report
+from monai_xres.cli.arguments import class_value, finite, positive, whole
 from monai_xres.explainers.registry import default_method, method_choices
 from monai_xres.networks import LEVEL_ALIASES
 
@@ -22,41 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _whole(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} is below {low}")
-        return value
-
-    parse.__name__ = f"whole number >= {low}"
-    return parse
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _class_value(text: str) -> int | str:
-    """A class: an output channel number (>= 0), or a label name (nnU-Net's dataset.json)."""
-    try:
-        value = int(text)
-    except ValueError:
-        return text
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is below 0")
-    return value
 
 
 def _explain_arguments(ex: argparse.ArgumentParser) -> None:
@@ -74,12 +39,12 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
                        "share")
     ex.add_argument("--series", help="the DICOM SeriesInstanceUID to read when --image is a folder of several "
                     "series (default: the series with the most files)")
-    ex.add_argument("--class", dest="class_index", type=_class_value, required=True, help="output channel to "
+    ex.add_argument("--class", dest="class_index", type=class_value, required=True, help="output channel to "
                     "explain (nnU-Net: its label value or a label name of dataset.json)")
     where = ex.add_mutually_exclusive_group()
-    where.add_argument("--box", type=_finite, nargs="+", help="start... end... voxel indices of the scan as stored "
+    where.add_argument("--box", type=finite, nargs="+", help="start... end... voxel indices of the scan as stored "
                        "(IJK as 3D Slicer shows them; end exclusive), or world mm with --mm")
-    where.add_argument("--point", type=_finite, nargs="+", help="voxel index of the scan (IJK), or world mm with --mm")
+    where.add_argument("--point", type=finite, nargs="+", help="voxel index of the scan (IJK), or world mm with --mm")
     where.add_argument("--markup", help="3D Slicer .mrk.json point or ROI (LPS or RAS, as the file says)")
     where.add_argument("--label", help="label map on the scan's grid; the region is --label-value in it")
     ex.add_argument("--label-value", type=int, help="label value (default: the class)")
@@ -90,11 +55,11 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--method", choices=method_choices(), nargs="+", default=[default_method()],
                     metavar="METHOD", help=f"one or more of {', '.join(method_choices())} (default "
                     f"{default_method()})")
-    ex.add_argument("--pool-size", type=_whole(1), nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
+    ex.add_argument("--pool-size", type=whole(1), nargs="+", help="Seg-XRes-CAM window, per axis (default 2)")
     ex.add_argument("--pool-mode", choices=("mean", "max"), help="Seg-XRes-CAM pooling (default mean)")
     ex.add_argument("--layer", help=f"CAM target layer: a level alias ({LEVEL_ALIASES}), a dotted module name, or "
                     "'a+b' for a multi-layer map (default: the network type's default)")
-    ex.add_argument("--n-masks", type=_whole(1), help="RISE masks (default 200)")
+    ex.add_argument("--n-masks", type=whole(1), help="RISE masks (default 200)")
     ex.add_argument("--counterfactual", action="store_true", help="explain what speaks against the class in the "
                     "region (CAMs: the gradient of -S; RISE: weights 1 - score); files end in -counterfactual")
     ex.add_argument("--output-dir", required=True)
@@ -103,28 +68,21 @@ def _explain_arguments(ex: argparse.ArgumentParser) -> None:
     _qc_arguments(ex)
 
 
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not above 0")
-    return value
-
-
 def _qc_arguments(ex: argparse.ArgumentParser) -> None:
     """Instances and their QC table, channel shares, border and contrastive targets, 3D Slicer files."""
     qc = ex.add_argument_group("instances, channels, borders and 3D Slicer files")
     qc.add_argument("--instances", action="store_true", help="explain every connected component of the class "
                     "(with --label: every TP, FP and FN component) and write <case>_instances.csv")
-    qc.add_argument("--min-size", type=_whole(1), default=1, help="smallest instance, voxels (default 1)")
-    qc.add_argument("--min-ml", type=_positive, help="smallest instance, mL")
+    qc.add_argument("--min-size", type=whole(1), default=1, help="smallest instance, voxels (default 1)")
+    qc.add_argument("--min-ml", type=positive, help="smallest instance, mL")
     qc.add_argument("--channel-shares", action="store_true", help="each input channel's share of the explanation "
                     "(gradient x input and per-channel RISE), in the sidecars and the QC table")
     qc.add_argument("--channel-maps", action="store_true", help="with --channel-shares: one map per channel too")
-    qc.add_argument("--border-class", type=_whole(0), help="explain the voxels of --class that touch this class")
-    qc.add_argument("--border-mm", type=_positive, help="border width, mm (default: touching voxels)")
+    qc.add_argument("--border-class", type=whole(0), help="explain the voxels of --class that touch this class")
+    qc.add_argument("--border-mm", type=positive, help="border width, mm (default: touching voxels)")
     qc.add_argument("--rim", choices=("inner", "outer"), help="explain the inner or outer rim of the region")
-    qc.add_argument("--rim-mm", type=_positive, help="rim width, mm")
-    qc.add_argument("--contrast-class", type=_whole(0), help="score logit(--class) - logit(this class): why A, "
+    qc.add_argument("--rim-mm", type=positive, help="rim width, mm")
+    qc.add_argument("--contrast-class", type=whole(0), help="score logit(--class) - logit(this class): why A, "
                     "not B")
     qc.add_argument("--slicer", action="store_true", help="also write <case>_seg.seg.nrrd (and the instances') with "
                     "named segments, and a saliency colour table (needs the slicer extra)")
@@ -134,19 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``monai-xres demo|explain|evaluate``."""
     parser = _Parser(prog="monai-xres", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="explain the sample 3D UNet bundle on a sample CT case")
-    demo.add_argument("--output-dir", default="outputs")
-    demo.add_argument("--rise-masks", type=_whole(1), default=200, help="RISE masks (default 200)")
+    demo.add_parser(sub)
     _explain_arguments(sub.add_parser("explain", help="explain any bundle's segmentation of a scan"))
     ev = sub.add_parser("evaluate", help="faithfulness table of every method on a bundle and scans")
     ev.add_argument("--bundle", help="bundle folder (default: the shipped 3D UNet bundle)")
     ev.add_argument("--image", nargs="+", help="scans (default: the sample cases)")
     ev.add_argument("--label", nargs="+", help="their label maps (default: the sample labels)")
-    ev.add_argument("--class", dest="class_index", type=_whole(0), default=1)
+    ev.add_argument("--class", dest="class_index", type=whole(0), default=1)
     ev.add_argument("--label-value", type=int, help="label value of the region (default: the class)")
-    ev.add_argument("--rise-masks", type=_whole(1), default=100)
-    ev.add_argument("--steps", type=_whole(1), default=10, help="deletion/insertion steps")
-    ev.add_argument("--randomisation-steps", type=_whole(1), default=2)
+    ev.add_argument("--rise-masks", type=whole(1), default=100)
+    ev.add_argument("--steps", type=whole(1), default=10, help="deletion/insertion steps")
+    ev.add_argument("--randomisation-steps", type=whole(1), default=2)
     ev.add_argument("--halves", action="store_true", help="also explain half of each region (locality)")
     ev.add_argument("--layers", nargs="+", help="layer sweep: CAM rows '<method> @ <layer>' for each level alias, "
                     "dotted name or 'a+b' multi-layer map; 'all' = every level of the network (default: the "
