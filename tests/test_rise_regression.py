@@ -171,3 +171,38 @@ def test_sidecar_records_the_estimator_the_fit_and_the_offset(tmp_path, small_un
         assert key in text, key
     written = np.asarray(nib.load(path).dataobj)
     assert written.min() < 0 < written.max()  # the centred map is signed: no constant wash
+
+
+def test_png_of_a_centred_map_shows_the_region_not_a_wash(tmp_path):
+    # the published map of a structure: a constant offset (0.6, the mean score) plus a bump (0.12) -- every
+    # pixel is above 5% of the maximum, a red wash; centred, only the bump is drawn, and the bar says so
+    from monai_xres.output.overlay import save_overlay
+
+    yy, xx = np.mgrid[:40, :40]
+    bump = 0.12 * np.exp(-((yy - 20) ** 2 + (xx - 12) ** 2) / 20.0)
+    scan = np.zeros((40, 40), dtype=np.float32)
+    shown = {}
+    for name, saliency in (("published", 0.6 + bump), ("centred", bump - bump.mean())):
+        fig = save_overlay(tmp_path / f"{name}.png", scan, saliency.astype(np.float32), None)
+        heat = fig.axes[0].get_images()[1].get_array()
+        shown[name] = float(1.0 - np.ma.getmaskarray(heat).mean())
+        label = fig.axes[-1].get_ylabel()
+        assert ("negative: not shown" in label) == (name == "centred"), label
+    assert shown["published"] == 1.0 and shown["centred"] < 0.1, shown
+
+
+def test_receptive_field_is_measured_once_per_network_and_shape(monkeypatch):
+    # SegRISE's only pilot: a fresh explainer of the same network and input shape does not measure again
+    from monai_xres.explainers.rise import crop
+
+    calls = []
+    real = crop.receptive_field_radius
+    monkeypatch.setattr(crop, "receptive_field_radius", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net, target = _net(), RegionTarget(1, box=((2, 2), (6, 6)), restrict_to_prediction=False)
+    for size in (24, 24, 32):
+        SegRISE(net, n_masks=8, grid_size=3, score="logit", verbose=False).attribute(torch.randn(1, 1, size, size),
+                                                                                     target)
+    assert len(calls) == 2
+    crop.forget_radius(net)
+    SegRISE(net, n_masks=8, grid_size=3, score="logit", verbose=False).attribute(torch.randn(1, 1, 24, 24), target)
+    assert len(calls) == 3

@@ -17,8 +17,7 @@ from monai.utils import fall_back_tuple
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation
-from monai_xres.explainers.receptive_field import receptive_field_radius
-from monai_xres.explainers.rise.crop import Crop, CropSettings, equivariance_shift, plan_crop
+from monai_xres.explainers.rise.crop import Crop, CropSettings, cached_radius, plan_crop
 from monai_xres.explainers.rise.estimators import EstimatorSettings, Proposal, stage_bounds
 from monai_xres.explainers.rise.masks import MaskSettings, MaskSpec
 from monai_xres.explainers.rise.regression import regression_sum
@@ -124,7 +123,6 @@ class SegRISE(Explainer):
                 raise ValueError(f"Give {sorted(mine)} either inside {group}=... or as keywords, not both.")
             setattr(self, group, given[group] if given[group] is not None else cls(**mine))
         self.n_masks, self.inferer, self.verbose = n_masks, inferer, verbose
-        self._radius_cache: dict[tuple, tuple[int, ...]] = {}
 
     def __getattr__(self, name: str) -> Any:
         # the fields of the settings groups read as attributes, as the flat keywords that set them
@@ -132,9 +130,6 @@ class SegRISE(Explainer):
         if group is None or group not in self.__dict__:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(self.__dict__[group], name)
-
-    def reset_caches(self) -> None:
-        self._radius_cache = {}
 
     @classmethod
     def accepts(cls, name: str) -> bool:
@@ -223,12 +218,8 @@ class SegRISE(Explainer):
 
     def _radius(self, x: torch.Tensor) -> tuple[int, ...]:
         """The network's measured receptive-field radius on ``x``'s grid (the whole axis where it is not
-        translation-equivariant), cached per input shape."""
-        key = (tuple(x.shape), x.device, x.dtype)
-        if key not in self._radius_cache:
-            shift = equivariance_shift(self._stride(x.ndim - 2))
-            self._radius_cache[key] = receptive_field_radius(self.network, x, eval_mode=self.eval_mode, shift=shift)
-        return self._radius_cache[key]
+        translation-equivariant), measured once per network and input shape (:func:`cached_radius`)."""
+        return cached_radius(self.network, x, self.eval_mode, self._stride(x.ndim - 2))
 
     def _stride(self, n_dims: int) -> tuple[int, ...]:
         return network_stride(self.network, n_dims)
