@@ -17,7 +17,8 @@ Cross-fitting keeps it exactly unbiased: mask ``i`` falls in fold ``i mod 10``, 
 least-squares fit of the other folds' masks only, which are independent of mask ``i``; the ridge (or the
 mean score alone, plain centring, when the cells do not predict the score) is the one whose fits predict
 best across those other folds (nested cross-validation), so few masks or a score the cells do not explain
-cost little. Only the cells that reach the evaluated window are features (the others cannot change the score).
+cost little. Only the cells that reach the evaluated window are features (the others cannot change the score),
+at most ``MAX_FEATURES``.
 
 Mask ``i`` is a function of ``(seed, i)``: the masks are made again for the second sum, after the fit,
 so memory stays one batch of masks; the fit's sums are small (features squared per fold).
@@ -36,6 +37,7 @@ __all__ = ["FOLDS", "CellRegression", "expected_footprints", "regression_sum"]
 
 FOLDS = 10
 RIDGES = (None, 10.0, 1.0, 0.1, 0.01)
+MAX_FEATURES = 1024  # beyond, the fit's sums (folds x features^2) outgrow a batch of masks: the mean alone
 
 
 def expected_footprints(spec: MaskSpec, start: Sequence[int], size: Sequence[int]) -> list[np.ndarray]:
@@ -70,6 +72,8 @@ class CellRegression:
         self.spec, self.start, self.size, self.reduce = spec, tuple(start), tuple(size), reduce
         self.p = expected_keep(spec.cell_draw, spec.p_keep)
         self.active = _reach(spec, start, size)
+        if self.active.sum() > MAX_FEATURES:
+            self.active = np.zeros_like(self.active)
         k = int(self.active.sum()) + 1
         self.gram, self.moment = np.zeros((FOLDS, k, k)), np.zeros((FOLDS, k))
         self.count, self.square = np.zeros(FOLDS), np.zeros(FOLDS)
@@ -79,9 +83,10 @@ class CellRegression:
         return np.concatenate([np.ones((len(cells), 1)), cells[:, self.active] - self.p], axis=1)
 
     def add(self, indices: Sequence[int], cells: np.ndarray, weights: Sequence[float]) -> None:
-        x, w = self.features(cells), np.asarray(weights, dtype=np.float64)
-        for fold in range(FOLDS):
-            rows = np.asarray(indices) % FOLDS == fold
+        """Add masks ``indices`` (their ``cells`` ``(n, *grid)`` and weights) to their folds' sums."""
+        x, w, folds = self.features(cells), np.asarray(weights, dtype=np.float64), np.asarray(indices) % FOLDS
+        for fold in np.unique(folds):
+            rows = folds == fold
             self.gram[fold] += x[rows].T @ x[rows]
             self.moment[fold] += x[rows].T @ w[rows]
             self.count[fold] += rows.sum()
@@ -90,7 +95,7 @@ class CellRegression:
     def _fit(self, stats: tuple[np.ndarray, ...], out: Sequence[int], ridge: float | None) -> np.ndarray:
         """``(a, beta)`` from every fold but ``out``: least squares with a ridge ``ridge n p (1 - p)`` on ``beta``, or
         the mean alone (``ridge`` None, or fewer masks than features)."""
-        gram, moment, count = (np.delete(a, list(out), axis=0).sum(0) for a in stats[:3])
+        gram, moment, count = (total - a[list(out)].sum(0) for a, total in zip(stats[:3], self.totals))
         theta = np.zeros(gram.shape[0])
         if ridge is None or count < gram.shape[0]:
             theta[0] = moment[0] / max(count, 1.0)
@@ -110,6 +115,7 @@ class CellRegression:
         stats = (flat[:cut[0]].reshape(FOLDS, k, k), flat[cut[0]:cut[1]].reshape(FOLDS, k),
                  flat[cut[1]:cut[2]], flat[cut[2]:])
         gram, moment, _, square = stats
+        self.totals = [a.sum(0) for a in stats[:3]]
 
         def error(fold: int, ridge: float | None) -> float:  # out-of-fold squared residuals, without ``fold``
             total = 0.0
@@ -142,9 +148,10 @@ def regression_sum(spec: MaskSpec, indices: Sequence[int], weights: Sequence[flo
     """``N p S_reg(v)`` over the window ``(*size)``, float64, from masks ``indices`` (this process's) and their
     weights, and the facts for the sidecar. The masks are made again here (two passes over the cells)."""
     regression = CellRegression(spec, start, size, reduce)
-    for first in range(0, len(indices), batch_size):
-        part = indices[first:first + batch_size]
-        regression.add(part, np.stack([draw_cells(spec, int(i))[0] for i in part]), weights[first:first + batch_size])
+    chunk = max(batch_size, 256)  # the fit's sums in large blocks: fewer, larger products
+    for first in range(0, len(indices), chunk):
+        part = indices[first:first + chunk]
+        regression.add(part, np.stack([draw_cells(spec, int(i))[0] for i in part]), weights[first:first + chunk])
     theta = regression.coefficients()
     total = torch.zeros(tuple(size), dtype=torch.float64, device=device)
     theta_total = np.zeros(theta.shape[1])
@@ -154,8 +161,8 @@ def regression_sum(spec: MaskSpec, indices: Sequence[int], weights: Sequence[flo
         folds = np.asarray(part) % FOLDS
         control = np.einsum("nk,nk->n", regression.features(np.stack([c for c, _ in draws])), theta[folds])
         residual = np.asarray(weights[first:first + batch_size], dtype=np.float64) - control
-        batch = masks_from_cells(spec, draws, start, size, device, torch.float64)[:, 0]
-        total += torch.tensordot(torch.as_tensor(residual, device=device), batch, dims=1)
+        batch = masks_from_cells(spec, draws, start, size, device)[:, 0]  # float32, as the masked inputs had
+        total += torch.tensordot(torch.as_tensor(residual, device=device), batch.double(), dims=1)
         theta_total += theta[folds].sum(0)
     total = reduce(total + regression.expected(theta_total, device))
     facts = {"features": theta.shape[1] - 1, "folds": FOLDS,
