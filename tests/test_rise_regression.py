@@ -18,7 +18,7 @@ from torch import nn
 from monai_xres import RegionTarget
 from monai_xres.explainers.rise import SegRISE
 from monai_xres.explainers.rise.masks import MaskSpec, masks_from_cells
-from monai_xres.explainers.rise.regression import CellRegression
+from monai_xres.explainers.rise.regression import MaskRegression
 
 SIZE, GRID, P = (6, 6), (2, 2), 0.4
 TARGET = RegionTarget(1, box=((1, 1), (4, 5)), restrict_to_prediction=False)
@@ -56,11 +56,11 @@ def exact():
 
 
 def test_the_control_variate_expectation_is_closed_form(exact):
-    # E[(a + beta . (c - p)) m(v)] by enumeration equals CellRegression.expected in float64
+    # E[(a + beta . (f - p)) m(v)] (f: the mask's block means) by enumeration equals MaskRegression.expected
     *_, s = exact
-    regression = CellRegression(MaskSpec(SIZE, GRID, P), (0, 0), SIZE)
-    theta = np.random.default_rng(0).normal(size=1 + int(regression.active.sum()))
-    h = regression.features(np.stack([c for c, _ in s["draws"]])) @ theta
+    regression = MaskRegression(MaskSpec(SIZE, GRID, P), (0, 0), SIZE)
+    theta = np.random.default_rng(0).normal(size=1 + int(np.prod(regression.blocks)))
+    h = regression.features(s["draws"]) @ theta
     enumerated = torch.tensordot(torch.as_tensor(s["prob"] * h), s["masks"][:, 0], dims=1)
     torch.testing.assert_close(regression.expected(theta, "cpu"), enumerated, rtol=1e-12, atol=1e-12)
 
