@@ -170,7 +170,8 @@ def regression_sum(spec: MaskSpec, indices: Sequence[int], weights: Sequence[flo
         control = np.einsum("nk,nk->n", regression.features(draws), theta[folds])
         residual = np.asarray(weights[first:first + batch_size], dtype=np.float64) - control
         batch = masks_from_cells(spec, draws, start, size, device)[:, 0]  # float32, as the masked inputs had
-        total += torch.tensordot(torch.as_tensor(residual, device=device), batch.double(), dims=1)
+        for m, r in zip(batch, residual.tolist()):  # one mask at a time into float64, as RiseSums: no float64 batch
+            total.add_(m, alpha=r)
         theta_total += theta[folds].sum(0)
     total = reduce(total + regression.expected(theta_total, device))
     facts = {"features": theta.shape[1] - 1, "folds": FOLDS,
