@@ -1,24 +1,29 @@
 """RISE convergence over many regions: how many masks each estimator needs to match plain RISE at 2000.
 
-    python benchmarks/rise_convergence.py record [--regions NAME ...]   # masked scores, cached, resumable
-    python benchmarks/rise_convergence.py table                         # the table from the cache
+    python benchmarks/rise_convergence.py record [--dims 2d|3d] [--regions TEXT ...]   # cached, resumable
+    python benchmarks/rise_convergence.py table                                       # the table from the cache
 
-Regions (:func:`regions`): the 2D bundle on each sample case's busiest axial slice (the whole predicted
-spleen, 1200-1500 pixels) and on a slice where it predicts a few hundred pixels, through the bundle's
-sliding-window inferer; the 3D bundle on a 64x64x32 window around the spleen it predicts (the whole spleen,
-tens of thousands of voxels, and a 16x16x8 box inside it); Dice scores, and logit scores on two regions.
-Grid 7 (2D) and 6x6x3 (3D), p_keep 0.5, linear masks, SegRISE's own crop.
+Regions (:func:`regions`): the 2D bundle on each of the 4 sample cases' busiest axial slice (the whole predicted
+spleen, 1200-1500 pixels) and on its slice with a predicted area nearest 300 pixels (188-383), scored inside the
+spleen's bounding box plus 8 pixels, through the bundle's sliding-window inferer (SegRISE runs only the windows
+that reach the box); the 3D bundle on a 64x64 window around the spleen of case_0900, every slice, zero-padded to
+32 slices as its inferer pads (the whole predicted spleen in it, 26,118 voxels, and a 16x16x8 box, 1,731
+voxels). Dice scores on all; logit scores on case_0900's two 2D regions. Grid 7 (2D) and 6x6x3 (3D), p_keep 0.5,
+linear masks.
 
 ``record`` runs SegRISE's plain estimator (i.i.d. masks) and caches every mask's score under
-``benchmarks/.cache/rise_convergence/`` (one file per region, score and seed: a stopped run resumes).
-Every estimator compared here draws the same i.i.d. masks and differs only in how it weights them, so one
-set of masked predictions serves all of them (:func:`estimate`, the package's own functions).
+``benchmarks/.cache/rise_convergence/`` (one file per region, score and seed: a stopped run resumes). Every
+estimator compared draws the same i.i.d. masks and differs only in how it weights them, so one set of masked
+predictions serves all (``plain``: the published ``sum w m / (N p)``; ``centred``: ``sum (w - w̄) m / (N p)``;
+``regression``: :func:`~monai_xres.explainers.rise.regression.regression_sum`, the package's own function).
 
-``table``: the reference is the plain centred map of the reference seeds (1000-1007, 1000 masks each:
-8000 masks; the centred map is the plain map minus a constant in expectation, and correlations ignore
-constants). Each estimator's map after N masks of seeds 0, 1, 2 is compared with it (Pearson r, mean over
-seeds). Per region: the r that plain RISE reaches with 2000 masks, and the fewest masks (multiples of 125)
-with which each estimator's mean r reaches it. Correlations, not timings: valid on a shared machine.
+``table``: the reference is the plain centred map of seeds 1000-1003 (1000 masks each, 4000 in all; in
+expectation the plain map minus a constant, and correlations ignore constants). Each estimator's map after N
+masks of seeds 0, 1, 2 is compared with it (Pearson r, mean over the seeds). The reference's own noise scales
+every r by about the same factor (its errors are independent of the runs'), so the masks needed to reach a
+given r compare fairly. Per region: the r of plain RISE with 2000 masks, and the fewest masks of
+125, 250, 375, 500, 750, 1000, 1250, 1500, 2000 with which each estimator's mean r reaches it; then the median
+and the worst region. Correlations, not timings: valid on a shared machine.
 """
 
 from __future__ import annotations
@@ -264,6 +269,11 @@ def _recorded() -> list[tuple[str, str]]:
     return out
 
 
+def _shown(stem: str) -> str:
+    """A cache file stem as the region's name, roughly (``2d case_0900 z15 1330 px``)."""
+    return " ".join(part for part in stem.split("_") if part).replace("case ", "case_")
+
+
 def needed(rs: dict[int, float], goal: float) -> int | None:
     """The fewest masks of ``NS`` whose mean r reaches ``goal`` (None: not within the run)."""
     return next((n for n in NS if rs[n] >= goal - 1e-12), None)
@@ -295,7 +305,7 @@ def table(names: list[str] | None) -> None:
     print("|---|---|---|---|" + "---|" * (len(ESTIMATORS) + 2))
     for region, score, n_seeds, goal, need, rs in rows:
         cells = [">2000" if need[e] is None else str(need[e]) for e in ESTIMATORS]
-        print(f"| {region} | {score} | {n_seeds} | {goal:.4f} | " + " | ".join(cells)
+        print(f"| {_shown(region)} | {score} | {n_seeds} | {goal:.4f} | " + " | ".join(cells)
               + f" | {rs['regression'][500]:.4f} | {rs['regression'][1000]:.4f} |")
     for e in ESTIMATORS:
         values = [row[4][e] or 10 ** 9 for row in rows]
@@ -303,7 +313,7 @@ def table(names: list[str] | None) -> None:
             worst = max(range(len(values)), key=values.__getitem__)
             show = lambda v: ">2000" if v >= 10 ** 9 else str(v)  # noqa: E731
             print(f"{e}: median {show(int(statistics.median_low(values)))} masks, worst {show(values[worst])} "
-                  f"({rows[worst][0]} {rows[worst][1]})")
+                  f"({_shown(rows[worst][0])}, {rows[worst][1]})")
 
 
 def main(argv: list[str] | None = None) -> None:
