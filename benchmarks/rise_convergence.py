@@ -312,7 +312,7 @@ def table(names: list[str] | None) -> None:
         if values:
             worst = max(range(len(values)), key=values.__getitem__)
             show = lambda v: ">2000" if v >= 10 ** 9 else str(v)  # noqa: E731
-            print(f"{e}: median {show(int(statistics.median_low(values)))} masks, worst {show(values[worst])} "
+            print(f"{e}: median {show(int(statistics.median(values)))} masks, worst {show(values[worst])} "
                   f"({_shown(rows[worst][0])}, {rows[worst][1]})")
 
 
