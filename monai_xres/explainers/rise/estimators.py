@@ -47,8 +47,8 @@ class EstimatorSettings:
     """How SegRISE turns masked scores into a map.
 
     Args:
-        estimator: ``"regression"`` (default: the published masks with a cross-fitted control variate on the
-            cells, :mod:`~monai_xres.explainers.rise.regression`), ``"adaptive"`` (adaptive importance
+        estimator: ``"regression"`` (default: the published masks with a cross-fitted control variate,
+            :mod:`~monai_xres.explainers.rise.regression`), ``"adaptive"`` (adaptive importance
             sampling, see this module) or ``"plain"`` (the published estimator, every mask drawn
             independently). Both need generated masks, ``"adaptive"`` also scores in [0, 1] (Dice, soft
             Dice); otherwise the plain one is used, and ``Explanation.info["estimator_used"]`` says which ran.

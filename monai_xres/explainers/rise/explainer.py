@@ -56,8 +56,8 @@ class SegRISE(Explainer):
     map is its expectation (0 centred, else the mean score times the mean mask value over ``p_keep``).
 
     Estimators (``estimator``): ``"regression"`` (default, :mod:`~monai_xres.explainers.rise.regression`) draws
-    the published i.i.d. masks and subtracts a cross-fitted linear model of the score in the mask's cells,
-    added back in closed form: RISE's map in expectation, with much less noise; ``"adaptive"``
+    the published i.i.d. masks and subtracts a cross-fitted linear model of the score in what the mask keeps
+    of each block of the window, added back in closed form: RISE's map in expectation, less noise; ``"adaptive"``
     (:mod:`~monai_xres.explainers.rise.estimators`, Dice scores only) draws later masks where the map is
     decided; ``"plain"`` is the published one. ``info["estimator_used"]`` records which ran (``"plain"`` for
     supplied masks) and ``info["regression"]`` the fit.
