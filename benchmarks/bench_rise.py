@@ -1,12 +1,13 @@
 """SegRISE benchmark: overhead over plain forwards, memory vs number of masks, region-restricted speed-up,
 and speed-up over the published reference's way. Not a test: it prints ratios measured side by side.
 
-    python benchmarks/bench_rise.py [--quick]
-    python benchmarks/bench_rise.py --convergence [--quick]   # estimators' maps vs a converged one
+    python benchmarks/bench_rise.py [--quick] [--overhead-only]
+    python benchmarks/bench_rise.py --convergence   # the estimators' table (rise_convergence.py table)
 
-The convergence table (:mod:`rise_convergence`: correlation and top-5% overlap of each estimator's map with
-a 16,000-mask plain reference, on the 2D and 3D example bundles) takes hours on a CPU; ``--quick`` checks
-that it runs. ``bench_overlay.py`` measures the bundle overlay against the bundle's own inference.
+The convergence table (:mod:`rise_convergence`: masks each estimator needs to reach plain RISE's 2000-mask
+correlation with a converged map, 12 regions of the 2D and 3D example bundles) reads the masked scores that
+``rise_convergence.py record`` caches (about an hour on 2 shared CPU cores). ``bench_overlay.py`` measures
+the bundle overlay against the bundle's own inference.
 
 Networks: MONAI UNet with the model zoo spleen layout (channels 16..256, strides 2,2,2,2, two residual
 units, batch norm), random weights, eval mode. Times are medians over interleaved repeats, after a
@@ -203,7 +204,7 @@ def versus_reference(quick: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer masks and repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer masks and repeats (not for --convergence)")
     parser.add_argument("--convergence", action="store_true", help="the estimators' convergence table instead")
     parser.add_argument("--overhead-only", action="store_true", help="only the overhead over plain forwards")
     parser.add_argument("--child-memory", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
