@@ -157,14 +157,17 @@ x = torch.rand(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
 target = RegionTarget(1, box=((4, 4, 2), (12, 12, 6)))
 CONFIGS = [dict(n_masks=22, batch_size=4), dict(n_masks=3, batch_size=4),  # rank 1 has no mask at all
            dict(n_masks=13, batch_size=2, center_scores=True, context_margin=2, crop_multiple=4),
+           # the regression estimator with enough masks to fit the cells: the fit's sums are added over the ranks
+           dict(n_masks=150, batch_size=12, center_scores=False),
            # the adaptive estimator: stages [0, 64), [64, 128), [128, 150), each split across the ranks
-           dict(n_masks=150, batch_size=12, score="dice"), dict(n_masks=140, batch_size=16, score="dice",
-                                                                center_scores=True, context_margin=2)]
+           dict(n_masks=150, batch_size=12, score="dice", estimator="adaptive"),
+           dict(n_masks=140, batch_size=16, score="dice", center_scores=True, context_margin=2, estimator="adaptive")]
 explainer = MaskParallelSegRISE if sys.argv[2] == "parallel" else SegRISE
 with process_group() as (rank, world):
     maps = [explainer(net, grid_size=(4, 4, 2), seed=3, verbose=False, **{"score": "logit", **c}).attribute(x, target)
             for c in CONFIGS]
-    assert [m.info["estimator_used"] for m in maps] == ["plain"] * 3 + ["adaptive"] * 2
+    assert [m.info["estimator_used"] for m in maps] == ["regression"] * 4 + ["adaptive"] * 2
+    assert maps[3].info["regression"][0]["ridges"][0] != "mean only"
     torch.save([(e.saliency, e.info["n_masks_used"], e.info["mean_score"]) for e in maps],
                f"{sys.argv[1]}/{sys.argv[2]}_{rank}_of_{world}.pt")
 """

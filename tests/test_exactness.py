@@ -154,7 +154,8 @@ def test_counterfactual_cam_is_the_published_negative_gradient(cls, kwargs):
 def test_counterfactual_rise_weights_masks_by_one_minus_the_score():
     net, x = _strided(3)
     target = RegionTarget(1, restrict_to_prediction=False)
-    common = {"n_masks": 24, "grid_size": 6, "batch_size": 8, "verbose": False, "score": "logit"}
+    common = {"n_masks": 24, "grid_size": 6, "batch_size": 8, "verbose": False, "score": "logit",
+              "estimator": "plain", "center_scores": False}  # the published map (centred, the sum would be 0)
     plain = SegRISE(net, **common)(x, target).double()
     against = SegRISE(net, counterfactual=True, **common)(x, target).double()
     # same seeded masks: sum_i (1 - s_i) m_i + sum_i s_i m_i = sum_i m_i, so the maps add up to the mask

@@ -65,5 +65,6 @@ def test_shipped_overlay_runs_the_cams_with_one_backward_and_rise_when_switched_
     calls.clear()
     run(tmp_path / "rise", explain_rise=True, explain_rise_masks=4)
     rise = json.loads((tmp_path / "rise" / "case_0901" / "case_0901_segrise_class1.json").read_text())
-    assert rise["method"]["estimator"] == "adaptive" and rise["run"]["estimator_used"] == "adaptive"
+    assert rise["method"]["estimator"] == "regression" and rise["run"]["estimator_used"] == "regression"
+    assert rise["method"]["center_scores"] is True and len(rise["run"]["offset"]) == 1  # centred, offset recorded
     assert rise["run"]["n_masks_used"] == [4] and rise["run"]["crop"][0]["mode"] == "windows"

@@ -105,4 +105,5 @@ def test_rise_settings_groups_and_flat_keywords_are_one_thing():
     with pytest.raises(ValueError, match="Unknown SegRISE argument"):
         SegRISE(net, n_mask=10)
     copy = flat.with_inferer(lambda x, n: n(x))
-    assert copy._radius_cache is not flat._radius_cache  # a copy never shares what was measured
+    # a copy shares only the network, and with it the network's measured receptive field (crop.cached_radius)
+    assert copy.network is flat.network and copy.inferer is not None and flat.inferer is None

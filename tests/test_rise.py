@@ -206,7 +206,8 @@ def test_same_seed_any_batch_size_different_seed_differs():
     again = SegRISE(net, n_masks=40, grid_size=(4, 4, 3), batch_size=7, verbose=False)(x, 1)
     assert torch.equal(maps[1], again)
     other = SegRISE(net, n_masks=40, grid_size=(4, 4, 3), batch_size=7, seed=1, verbose=False)(x, 1)
-    assert (other - maps[1]).abs().max() > 0.05
+    # another seed, other noise (measured 0.021 for the default regression estimator, centred)
+    assert (other - maps[1]).abs().max() > 0.005
     # centred, region-restricted: the mean score and mean mask value are summed in mask order too
     target = RegionTarget(1, box=((4, 4, 3), (8, 8, 6)), restrict_to_prediction=False)
     for score in ("dice", "soft_dice"):
@@ -283,7 +284,9 @@ def test_region_restricted_equals_full_rise_inside_the_crop():
     # so the maps agree up to float32 rounding of the logits (rtol 1e-5)
     net, x = _batchnorm_unet(), torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     target = RegionTarget(1, box=((28, 30), (36, 38)), restrict_to_prediction=False)
-    kwargs = dict(n_masks=128, grid_size=8, score="logit", verbose=False)
+    # the plain estimator: the regression estimator's features are the cells reaching the evaluated window,
+    # so a crop changes its control variate (not its expectation)
+    kwargs = dict(n_masks=128, grid_size=8, score="logit", estimator="plain", verbose=False)
     for center in (False, True):
         full = SegRISE(net, center_scores=center, context_margin=None, **kwargs).attribute(x, target)
         crop = SegRISE(net, center_scores=center, **kwargs).attribute(x, target)  # context_margin="auto"

@@ -115,8 +115,8 @@ def test_adaptive_is_deterministic_for_any_batch_size_and_a_prefix_for_fewer_mas
     net = _conv_net()
     x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     target = RegionTarget(1, box=((8, 8), (24, 24)))
-    runs = [SegRISE(net, n_masks=150, grid_size=4, batch_size=b, verbose=False).attribute(x, target)
-            for b in (1, 7, 16)]
+    runs = [SegRISE(net, n_masks=150, grid_size=4, batch_size=b, estimator="adaptive", verbose=False).attribute(
+        x, target) for b in (1, 7, 16)]
     assert runs[0].info["crop"][0]["mode"] == "receptive field"
     assert all(r.info["estimator_used"] == "adaptive" for r in runs)
     # dice scores come from argmax decisions, every mask is added alone in index order, and the stages'
@@ -124,20 +124,21 @@ def test_adaptive_is_deterministic_for_any_batch_size_and_a_prefix_for_fewer_mas
     assert torch.equal(runs[0].saliency, runs[1].saliency) and torch.equal(runs[0].saliency, runs[2].saliency)
     plain = SegRISE(net, n_masks=150, grid_size=4, batch_size=16, estimator="plain", verbose=False).attribute(x, target)
     assert plain.info["estimator_used"] == "plain" and not torch.equal(plain.saliency, runs[0].saliency)
-    few = SegRISE(net, n_masks=40, grid_size=4, batch_size=16, verbose=False).attribute(x, target)
+    few = SegRISE(net, n_masks=40, grid_size=4, batch_size=16, estimator="adaptive", verbose=False).attribute(x, target)
     same = SegRISE(net, n_masks=40, grid_size=4, batch_size=16, estimator="plain", verbose=False).attribute(x, target)
     assert torch.equal(few.saliency, same.saliency), "the first stage is RISE's own draw"
     stopped = SegRISE(net, n_masks=300, grid_size=4, batch_size=8, early_stop_tol=0.02, early_stop_k=2,
-                      verbose=False).attribute(x, target)
+                      estimator="adaptive", verbose=False).attribute(x, target)
     used = stopped.info["n_masks_used"][0]
-    prefix = SegRISE(net, n_masks=used, grid_size=4, batch_size=8, verbose=False).attribute(x, target)
+    prefix = SegRISE(net, n_masks=used, grid_size=4, batch_size=8, estimator="adaptive", verbose=False).attribute(
+        x, target)
     assert 64 < used < 300 and torch.equal(stopped.saliency, prefix.saliency), used  # measured: 144
 
 
 def test_logit_scores_and_supplied_masks_use_the_plain_estimator():
     net, x = _conv_net(), torch.randn(1, 1, 16, 16)
-    logit = SegRISE(net, n_masks=80, grid_size=4, score="logit", verbose=False).attribute(x, 1)
+    logit = SegRISE(net, n_masks=80, grid_size=4, score="logit", estimator="adaptive", verbose=False).attribute(x, 1)
     assert logit.info["estimator_used"] == "plain" and logit.info["estimator"] == "adaptive"
     given = SegRISE(net, verbose=False).attribute(x, 1, masks=torch.rand(8, 16, 16))
     assert given.info["estimator_used"] == "plain"
-    assert SegRISE(net).params()["estimator"] == "adaptive"
+    assert SegRISE(net).params()["estimator"] == "regression"  # the default (tests/test_rise_regression.py)

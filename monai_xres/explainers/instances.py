@@ -187,6 +187,6 @@ def _rise(rise: SegRISE, x: torch.Tensor, targets: list[RegionTarget], affine: A
         maps.append(inside[None])
     # one mask set serves every target, so no target's map can steer the draws: the plain estimator
     info = {"shared": True, "estimator_used": "plain", "n_masks_used": [s.n_used for s in sums],
-            "mean_score": [s.mean_score for s in sums],
+            "mean_score": [s.mean_score for s in sums], "offset": [s.mean_score if centred else 0.0 for s in sums],
             "score": kinds}
     return Explanation(torch.stack(maps).float(), logits, regions, full, info)

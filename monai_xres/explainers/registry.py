@@ -213,7 +213,8 @@ def _cam_title(params: Mapping[str, Any]) -> str:
 
 
 def _rise_label(params: Mapping[str, Any]) -> str:
-    return "RISE centred" if params.get("center_scores") else "RISE"
+    # centred is the default (SegRISE's center_scores); "RISE" is the published, uncentred map
+    return "RISE centred" if params.get("center_scores", True) else "RISE"
 
 
 def _global(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,5 +233,5 @@ register(Method("segxrescam", "monai_xres.explainers.cam.SegXResCAM", "Seg-XRes-
                 tag=_cam_tag, label=_cam_label, title=_cam_title))
 register(Method("segrise", "monai_xres.explainers.rise.SegRISE", "RISE", aliases=("rise",),
                 defaults={"n_masks": 200, "p_keep": 0.5, "batch_size": 8, "score": "dice", "seed": 0},
-                variants=({}, {"center_scores": True}),
+                variants=({"center_scores": False}, {}),
                 parallel="monai_xres.explainers.rise.parallel.MaskParallelSegRISE", label=_rise_label))

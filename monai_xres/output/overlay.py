@@ -71,7 +71,9 @@ def save_overlay(path: str | os.PathLike, scan: np.ndarray, saliency: np.ndarray
         path: the PNG file.
         scan: the scan, ``spatial`` (2D or 3D), on the same grid as ``saliency``.
         saliency: the map, ``spatial``; values up to 5% of its maximum are transparent; the colour bar
-            gives the scale (0 to the maximum).
+            gives the scale (0 to the maximum). A signed map (RISE's centred map: positive where keeping the
+            voxel raises the region's score above its average) shows its positive part, on the same scale as
+            the CAMs' non-negative maps; the colour bar says it shows the positive part.
         region: bool ``spatial`` or None; drawn as a cyan outline (named in the legend).
         affine: the grid's voxel-to-world matrix, for the voxel sizes, the plane names and orientations.
         centre: the voxel the planes pass through; default :func:`overlay_centre`.
@@ -117,7 +119,9 @@ def save_overlay(path: str | os.PathLike, scan: np.ndarray, saliency: np.ndarray
         ax.set_axis_off()
     cax = fig.add_axes((1.0 - 0.8 / width, 0.12, 0.12 / width, 0.66))
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), "jet"), cax=cax)
-    bar.set_label("saliency (≤ 5% of the maximum: transparent)", fontsize=8)
+    signed = bool(saliency.size) and float(saliency.min()) < 0
+    bar.set_label("positive part (≤ 5% of max: transparent)" if signed else
+                  "saliency (≤ 5% of the maximum: transparent)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     if region is not None and region.any():
         fig.axes[0].legend(handles=[Line2D([], [], color="cyan", lw=1.0, label="region")], loc="lower left",

@@ -2,8 +2,9 @@
 
 ``explainer`` (:class:`SegRISE`, the template step), ``masks`` (the random masks, drawn per batch),
 ``scoring`` (the region's score of a masked prediction), ``stream`` (masks and float64 sums batch by
-batch), ``estimators`` (plain and adaptive), ``crop`` and ``windows`` (what a masked prediction needs to
-cover), ``parallel`` (one scan's masks split over ``torch.distributed`` ranks).
+batch), ``regression`` (the default estimator) and ``estimators`` (plain and adaptive), ``crop`` and
+``windows`` (what a masked prediction needs to cover), ``parallel`` (one scan's masks split over
+``torch.distributed`` ranks).
 """
 
 from monai_xres.explainers.rise.crop import CropSettings

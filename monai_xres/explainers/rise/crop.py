@@ -17,6 +17,7 @@ Three ways, chosen per sample and recorded in ``Explanation.info["crop"]`` (and 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +25,11 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from monai_xres.explainers.receptive_field import crop_window
+from monai_xres.explainers.receptive_field import crop_window, receptive_field_radius
 from monai_xres.explainers.rise.masks import _check_ints, axis_values
 from monai_xres.explainers.rise.windows import region_windows
 
-__all__ = ["Crop", "CropSettings", "equivariance_shift", "plan_crop"]
+__all__ = ["Crop", "CropSettings", "cached_radius", "equivariance_shift", "forget_radius", "plan_crop"]
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -135,3 +136,26 @@ def equivariance_shift(stride: Sequence[int]) -> tuple[int, ...]:
     """A probe shift for :func:`receptive_field_radius`: a multiple of the stride of at least 4 voxels, so that a
     field that stays put is told from one that moves (the check allows one voxel at the fringe)."""
     return tuple(s * math.ceil(4 / s) for s in stride)
+
+
+_RADII: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_radius(network: torch.nn.Module, x: torch.Tensor, eval_mode: bool, stride: tuple[int, ...]
+                  ) -> tuple[int, ...]:
+    """:func:`~monai_xres.explainers.receptive_field.receptive_field_radius` of ``network`` on ``x``'s grid, measured
+    once per network object and input shape, device and dtype (a probe's forward and backward passes cost
+    about a tenth of 128 masked forwards): the field is the architecture's, so every explainer of the same
+    network reuses it. ``stride`` sets the equivariance probe's shift (:func:`equivariance_shift`).
+    :func:`forget_radius` drops a network's entries (e.g. after changing its layers)."""
+    shift = equivariance_shift(stride)
+    key = (tuple(x.shape), x.device, x.dtype, eval_mode, shift)
+    known = _RADII.setdefault(network, {})
+    if key not in known:
+        known[key] = receptive_field_radius(network, x, eval_mode=eval_mode, shift=shift)
+    return known[key]
+
+
+def forget_radius(network: torch.nn.Module) -> None:
+    """Forget ``network``'s measured receptive fields."""
+    _RADII.pop(network, None)

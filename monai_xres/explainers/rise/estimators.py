@@ -35,7 +35,7 @@ from monai_xres.explainers.rise.masks import MaskSpec, _interp_matrix, draw_cell
 
 __all__ = ["ESTIMATORS", "EstimatorSettings", "Proposal", "draw_adaptive", "stage_bounds"]
 
-ESTIMATORS = ("adaptive", "plain")
+ESTIMATORS = ("regression", "adaptive", "plain")
 FIRST_STAGE = 64
 DEFENSIVE = 0.5
 THRESHOLD = 0.5
@@ -47,13 +47,14 @@ class EstimatorSettings:
     """How SegRISE turns masked scores into a map.
 
     Args:
-        estimator: ``"adaptive"`` (default: adaptive importance sampling, see this module) or
-            ``"plain"`` (the published estimator, every mask drawn independently). ``"adaptive"`` needs
-            scores in [0, 1] (Dice, soft Dice) and generated masks; otherwise the plain one is used, and
-            ``Explanation.info["estimator_used"]`` says which ran.
+        estimator: ``"regression"`` (default: the published masks with a cross-fitted control variate,
+            :mod:`~monai_xres.explainers.rise.regression`), ``"adaptive"`` (adaptive importance
+            sampling, see this module) or ``"plain"`` (the published estimator, every mask drawn
+            independently). Both need generated masks, ``"adaptive"`` also scores in [0, 1] (Dice, soft
+            Dice); otherwise the plain one is used, and ``Explanation.info["estimator_used"]`` says which ran.
     """
 
-    estimator: str = "adaptive"
+    estimator: str = "regression"
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:

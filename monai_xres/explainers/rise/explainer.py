@@ -1,17 +1,14 @@
-"""RISE for segmentation: random masks, the masked prediction scored against the unmasked one.
-
-``saliency = sum_i score_i * m_i / (N * p_keep)`` (Petsiuk et al., 2018), with the segmentation scores
-of the Seg-XRes-CAM paper (Dice of the class inside the region, :mod:`monai_xres.explainers.rise.scoring`).
-Masks are streamed batch by batch (:mod:`monai_xres.explainers.rise.stream`): memory is one batch of
-masks and inputs, whatever ``n_masks`` is. Each masked prediction covers only what can reach the region
-(:mod:`monai_xres.explainers.rise.crop`); the default estimator draws the masks adaptively, with the same
-map in expectation (:mod:`monai_xres.explainers.rise.estimators`).
+"""RISE for segmentation: random masks, the masked prediction scored against the unmasked one (Petsiuk et al.,
+2018, with the Seg-XRes-CAM paper's segmentation scores), masks streamed batch by batch
+(:mod:`~monai_xres.explainers.rise.stream`), each masked prediction only where it can reach the region
+(:mod:`~monai_xres.explainers.rise.crop`), estimators in :mod:`~monai_xres.explainers.rise.regression` (default)
+and :mod:`~monai_xres.explainers.rise.estimators`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,10 +17,10 @@ from monai.utils import fall_back_tuple
 from torch import nn
 
 from monai_xres.explainers.base import Explainer, Explanation
-from monai_xres.explainers.receptive_field import receptive_field_radius
-from monai_xres.explainers.rise.crop import Crop, CropSettings, equivariance_shift, plan_crop
+from monai_xres.explainers.rise.crop import Crop, CropSettings, cached_radius, plan_crop
 from monai_xres.explainers.rise.estimators import EstimatorSettings, Proposal, stage_bounds
 from monai_xres.explainers.rise.masks import MaskSettings, MaskSpec
+from monai_xres.explainers.rise.regression import regression_sum
 from monai_xres.explainers.rise.scoring import ScoreSettings, region_scorer
 from monai_xres.explainers.rise.stream import BatchSettings, Masks, RiseSums, Stream, mask_batches
 from monai_xres.explainers.sliding import check_inferer, check_prediction, forward_recording, known_prediction
@@ -38,10 +35,6 @@ _GROUPS = {"masks": MaskSettings, "scoring": ScoreSettings, "batching": BatchSet
 _FIELD_GROUP = {f.name: group for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
-
-
 class SegRISE(Explainer):
     """RISE of a region of a segmentation output, 2D or 3D, model-agnostic and gradient-free.
 
@@ -49,38 +42,33 @@ class SegRISE(Explainer):
     ``x * m + fill * (1 - m)``; the masked output is scored against the unmasked one, and
     ``saliency = sum_i score_i * m_i / (N * p_keep)``, accumulated in float64.
 
-    Scores (``W`` is the target's region before the intersection with the prediction, e.g. the box;
-    ``A`` the unmasked prediction of class ``c`` in ``W``; ``B`` the masked one):
+    Scores (:func:`~monai_xres.explainers.rise.scoring.region_scorer`): ``"dice"`` of the masked prediction
+    against the unmasked one inside the target's area ``W`` (the Seg-XRes-CAM paper's), ``"soft_dice"``, or
+    ``"logit"`` (:meth:`RegionTarget.score`, as the CAMs).
 
-    - ``"dice"``: ``2|A ∩ B| / (|A| + |B|)``, as the Seg-XRes-CAM paper's RISE (false positives of the
-      masked prediction inside ``W`` count).
-    - ``"soft_dice"``: the same with ``B`` the masked softmax (sigmoid) probability of ``c`` in ``W``.
-    - ``"logit"``: :meth:`RegionTarget.score` of the masked output on the unmasked region, as the CAMs.
+    Centring: the published map carries RISE's expected score ``w̄`` everywhere (a constant: ``E[m] = p_keep``).
+    By default (``center_scores=True``) it is removed, ``sum_i (score_i - w̄) m_i / (N p_keep)``, zero in
+    expectation where the mask does not change the score; ``info["offset"]`` records ``w̄``.
+    ``center_scores=False`` gives the published map.
 
-    A canonical RISE map is not zero where the score does not depend on the input: there it equals the
-    mean score. ``center_scores=True`` subtracts it, giving ``sum_i (score_i - mean) * m_i / (N p_keep)``,
-    zero in expectation wherever the mask does not change the score.
+    Region-restricted (``context_margin``, :mod:`~monai_xres.explainers.rise.crop`): by default each masked
+    input is evaluated only where it can reach the region (``info["crop"]`` says how and why); outside, the
+    map is its expectation (0 centred, else the mean score times the mean mask value over ``p_keep``).
 
-    Region-restricted (``context_margin``, :mod:`~monai_xres.explainers.rise.crop`): by default (``"auto"``)
-    each masked input is evaluated only where it can reach the region: the sliding windows that overlap
-    ``W`` (exact for any network), or ``W``'s box plus the measured receptive field (exact for a
-    translation-equivariant network), else the whole image; ``info["crop"]`` says which and why. Outside
-    the evaluated box the score does not depend on the mask, and the map is set to its expectation
-    there (the mean score times the mean mask value over ``p_keep``; 0 with ``center_scores``).
-
-    Estimators (``estimator``, :mod:`~monai_xres.explainers.rise.estimators`): ``"adaptive"`` (default) draws
-    later masks where the map is decided and weights each by its importance ratio, so the map is RISE's in
-    expectation with less noise for the same number of masks; ``"plain"`` is the published estimator.
-    ``info["estimator_used"]`` records which ran (``"plain"`` for supplied masks and ``"logit"`` scores).
+    Estimators (``estimator``): ``"regression"`` (default, :mod:`~monai_xres.explainers.rise.regression`) draws
+    the published i.i.d. masks and subtracts a cross-fitted linear model of the score in what the mask keeps
+    of each block of the window, added back in closed form: RISE's map in expectation, less noise; ``"adaptive"``
+    (:mod:`~monai_xres.explainers.rise.estimators`, Dice scores only) draws later masks where the map is
+    decided; ``"plain"`` is the published one. ``info["estimator_used"]`` records which ran (``"plain"`` for
+    supplied masks) and ``info["regression"]`` the fit.
 
     The published segmentation RISE (Seg-XRes-CAM code) is reproduced, masks aside, by
     ``p_keep=0.1, cell_draw="randn", interpolation="nearest", score="dice"``; its random stream differs.
     The map is always divided by ``p_keep`` as given, although ``randn`` cells are kept with probability
     ``Phi(p_keep)``; this scales the map and leaves its ranking unchanged.
 
-    Parameters come in five small groups, given as objects or, field by field, as keywords
-    (``SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8, seed=1)``); a field may not be given
-    both ways.
+    Parameters come in five groups, as objects or field by field as keywords (``SegRISE(net, n_masks=1000,
+    grid_size=(8, 8, 4), batch_size=8, seed=1)``), not both ways.
 
     Args:
         network: segmentation network ``(B, C_in, *spatial) -> (B, C, *spatial)``.
@@ -90,7 +78,7 @@ class SegRISE(Explainer):
             ``Phi(p_keep)`` of the cells, about 54% at ``p_keep=0.1``), ``interpolation`` ("linear";
             "nearest" as the published segmentation code).
         scoring: :class:`~monai_xres.explainers.rise.scoring.ScoreSettings`: ``score`` ("dice",
-            "soft_dice" or "logit"), ``fill`` (0.0, the value of removed voxels), ``center_scores`` (False).
+            "soft_dice" or "logit"), ``fill`` (0.0, the value of removed voxels), ``center_scores`` (True).
         batching: :class:`BatchSettings`: ``batch_size`` (16 masked inputs per forward pass),
             ``early_stop_tol`` (None: run all masks; else stop once the map's relative L2 change over
             the last ``early_stop_k`` batches is below it; where it stops depends on ``batch_size``),
@@ -99,7 +87,7 @@ class SegRISE(Explainer):
             voxels per side, int or per axis; None: the whole image), ``crop_multiple`` (None: the
             network's total stride, else per axis).
         estimation: :class:`~monai_xres.explainers.rise.estimators.EstimatorSettings`: ``estimator``
-            (``"adaptive"`` or ``"plain"``).
+            (``"regression"``, ``"adaptive"`` or ``"plain"``).
         inferer: a MONAI inferer (e.g. ``SlidingWindowInferer``) through which every prediction, unmasked
             and masked, is made: RISE of the stitched output of a whole scan.
         verbose: tqdm progress bar over masks (never shown when stderr is not a terminal).
@@ -110,8 +98,7 @@ class SegRISE(Explainer):
 
         rise = SegRISE(net, n_masks=1000, grid_size=(8, 8, 4), batch_size=8)
         saliency = rise(image, RegionTarget(1, box=((40, 40, 10), (60, 60, 20))))  # (B, 1, H, W, D)
-        # the published estimator, on the whole image:
-        result = SegRISE(net, estimator="plain", context_margin=None).attribute(image, RegionTarget(1, box=...))
+        published = SegRISE(net, estimator="plain", center_scores=False, context_margin=None)
     """
 
     def __init__(self, network: nn.Module, n_masks: int = 2000, *, masks: MaskSettings | None = None,
@@ -136,7 +123,6 @@ class SegRISE(Explainer):
                 raise ValueError(f"Give {sorted(mine)} either inside {group}=... or as keywords, not both.")
             setattr(self, group, given[group] if given[group] is not None else cls(**mine))
         self.n_masks, self.inferer, self.verbose = n_masks, inferer, verbose
-        self._radius_cache: dict[tuple, tuple[int, ...]] = {}
 
     def __getattr__(self, name: str) -> Any:
         # the fields of the settings groups read as attributes, as the flat keywords that set them
@@ -145,16 +131,14 @@ class SegRISE(Explainer):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(self.__dict__[group], name)
 
-    def reset_caches(self) -> None:
-        self._radius_cache = {}
-
     @classmethod
     def accepts(cls, name: str) -> bool:
         return name in _FIELD_GROUP or super().accepts(name)
 
     def params(self) -> dict:
         """The method's parameters, JSON-friendly (for provenance sidecars)."""
-        groups = {k: _plain(v) for g in _GROUPS for k, v in dataclasses.asdict(getattr(self, g)).items()}
+        groups = {k: list(v) if isinstance(v, tuple) else v
+                  for g in _GROUPS for k, v in dataclasses.asdict(getattr(self, g)).items()}
         return {**super().params(), "n_masks": self.n_masks, **groups,
                 "inferer": None if self.inferer is None else type(self.inferer).__name__}
 
@@ -174,8 +158,8 @@ class SegRISE(Explainer):
 
         Returns:
             :class:`Explanation`; ``info`` holds the parameters, ``estimator_used`` (the one that ran),
-            ``n_masks_used`` and, per sample, the evaluated ``windows`` (start, size), the ``crop`` facts
-            and ``mean_score``.
+            ``n_masks_used`` and, per sample, the evaluated ``windows`` (start, size), the ``crop`` facts,
+            ``mean_score``, the ``offset`` removed by centring (0.0 uncentred) and the ``regression`` facts.
         """
         spec = self.masks.spec(x.shape[2:])
         if masks is not None and x.shape[0] > 1 and iter(masks) is masks:
@@ -187,7 +171,8 @@ class SegRISE(Explainer):
                 for b in range(x.shape[0])]
         info = {"estimator_used": self.estimator_used(masks), "n_masks_used": [r["n_used"] for r in runs],
                 "windows": [[list(r["start"]), list(r["size"])] for r in runs],
-                "crop": [r["crop"] for r in runs], "mean_score": [r["mean_score"] for r in runs]}
+                "crop": [r["crop"] for r in runs], "mean_score": [r["mean_score"] for r in runs],
+                "offset": [r["offset"] for r in runs], "regression": [r["regression"] for r in runs]}
         saliency = torch.stack([r["map"] for r in runs]).float()
         return Explanation(saliency, logits, regions, [r["score"] for r in runs], info)
 
@@ -220,25 +205,21 @@ class SegRISE(Explainer):
             region, area, reference = region[window], area[window], reference[window]
         sums = self._accumulate(x[(slice(None), slice(None)) + window], spec, crop,
                                 region_scorer(kind, target, region, area, reference), masks)
-        mean_score, p_keep = sums.mean_score, spec.p_keep
+        mean_score, p_keep, centred = sums.mean_score, spec.p_keep, self.scoring.center_scores
         inside = sums.weighted / (sums.n_used * p_keep)
-        outside = sums.mask_mean * mean_score / p_keep
-        if self.scoring.center_scores:
-            inside = inside - sums.masks * (mean_score / (sums.n_used * p_keep))
-            outside = 0.0
+        outside = 0.0 if centred else sums.mask_mean * mean_score / p_keep
+        if centred:  # the regression estimator's own noise in the mean is already removed: the constant alone
+            inside = inside - (mean_score if sums.regression else sums.masks * (mean_score / (sums.n_used * p_keep)))
         full = torch.full((1, *spatial), outside, dtype=torch.float64, device=x.device)
         full[(0,) + window] = inside
         return {"map": full, "n_used": sums.n_used, "start": start, "size": size, "score": full_score,
-                "mean_score": mean_score, "crop": crop.facts}
+                "mean_score": mean_score, "crop": crop.facts, "offset": mean_score if centred else 0.0,
+                "regression": sums.regression}
 
     def _radius(self, x: torch.Tensor) -> tuple[int, ...]:
         """The network's measured receptive-field radius on ``x``'s grid (the whole axis where it is not
-        translation-equivariant), cached per input shape."""
-        key = (tuple(x.shape), x.device, x.dtype)
-        if key not in self._radius_cache:
-            shift = equivariance_shift(self._stride(x.ndim - 2))
-            self._radius_cache[key] = receptive_field_radius(self.network, x, eval_mode=self.eval_mode, shift=shift)
-        return self._radius_cache[key]
+        translation-equivariant), measured once per network and input shape (:func:`cached_radius`)."""
+        return cached_radius(self.network, x, self.eval_mode, self._stride(x.ndim - 2))
 
     def _stride(self, n_dims: int) -> tuple[int, ...]:
         return network_stride(self.network, n_dims)
@@ -246,10 +227,12 @@ class SegRISE(Explainer):
     def _accumulate(self, x: torch.Tensor, spec: MaskSpec, crop: Crop,
                     scorer: Callable[[torch.Tensor], torch.Tensor], masks: Masks | None) -> RiseSums:
         """Stream the masks through the network, stage by stage; the float64 sums of :class:`RiseSums`."""
-        start, size, adaptive = crop.start, crop.size, self.estimator_used(masks) == "adaptive"
+        start, size, used = crop.start, crop.size, self.estimator_used(masks)
+        adaptive = used == "adaptive"
         weighted = torch.zeros(size, dtype=torch.float64, device=x.device)
         sums = RiseSums(weighted, torch.zeros_like(weighted) if self.scoring.center_scores else None,
-                        pilot=torch.zeros(size, dtype=torch.int64, device=x.device) if adaptive else None)
+                        pilot=torch.zeros(size, dtype=torch.int64, device=x.device) if adaptive else None,
+                        scores=[] if used == "regression" else None)
         fill = torch.tensor(self.scoring.fill, dtype=x.dtype, device=x.device)
         diff = x - fill
         total = self.n_masks if masks is None else (
@@ -276,15 +259,19 @@ class SegRISE(Explainer):
                     proposal = Proposal(spec, *self._reduce_pilot(sums.pilot.clone(), sums.pilot_total), start)
         finally:
             stream.close()
+        mine = list(self._mask_indices(0, self.n_masks))[:len(sums.scores or [])]
         sums = self._reduce(sums)
         if sums.n_used == 0:
             raise ValueError("No masks were given: pass at least one mask (N >= 1).")
+        if used == "regression":  # this process's masks again, the fit and the residual sum made global
+            sums.weighted, sums.regression = regression_sum(spec, mine, sums.scores, start, size, batch_size,
+                                                            x.device, self._reduce_tensor)
         return sums
 
     def estimator_used(self, masks: Masks | None = None) -> str:
-        """The estimator that runs: ``"adaptive"`` needs generated masks and scores in [0, 1] (not ``"logit"``)."""
-        adaptive = self.estimation.estimator == "adaptive" and masks is None and self.scoring.score != "logit"
-        return "adaptive" if adaptive else "plain"
+        """The estimator that runs: the chosen one, but ``"plain"`` for supplied masks and adaptive logit scores."""
+        chosen = self.estimation.estimator
+        return "plain" if masks is not None or (chosen == "adaptive" and self.scoring.score == "logit") else chosen
 
     def _mask_indices(self, first: int, last: int) -> range:
         """The generated masks of ``[first, last)`` this process evaluates: all (mask-parallel RISE takes a part)."""
@@ -293,6 +280,10 @@ class SegRISE(Explainer):
     def _reduce_pilot(self, pilot: torch.Tensor, total: int) -> tuple[torch.Tensor, int]:
         """The adaptive estimator's integer map made global (mask-parallel RISE adds other processes')."""
         return pilot, total
+
+    def _reduce_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A float64 tensor added over processes (mask-parallel RISE); itself in one process."""
+        return tensor
 
     def _reduce(self, sums: RiseSums) -> RiseSums:
         """The sums over this process's masks made global (mask-parallel RISE adds other processes')."""

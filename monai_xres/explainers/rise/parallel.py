@@ -73,6 +73,11 @@ class MaskParallelSegRISE(SegRISE):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
         return pilot, int(scalar.item())
 
+    def _reduce_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        if distributed.rank_and_world(self.group)[1] > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
     def _reduce(self, sums: RiseSums) -> RiseSums:
         if distributed.rank_and_world(self.group)[1] == 1:
             return sums
@@ -82,4 +87,4 @@ class MaskParallelSegRISE(SegRISE):
             if tensor is not None:
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
         n_used, score_total, mask_total = scalars.tolist()
-        return RiseSums(sums.weighted, sums.masks, int(round(n_used)), score_total, mask_total)
+        return RiseSums(sums.weighted, sums.masks, int(round(n_used)), score_total, mask_total, scores=sums.scores)

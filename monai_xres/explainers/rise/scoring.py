@@ -23,14 +23,15 @@ class ScoreSettings:
     Args:
         score: ``"dice"``, ``"soft_dice"`` or ``"logit"`` (see :func:`region_scorer`).
         fill: value of the removed voxels.
-        center_scores: subtract the mean score from every weight (see :class:`SegRISE`).
+        center_scores: remove RISE's constant offset, the mean score (default; see :class:`SegRISE`); False
+            gives the published, uncentred map.
         counterfactual: weight each mask by ``1 - score`` instead of ``score``: a voxel is salient when
             keeping it goes with losing the region's prediction, i.e. evidence against the class there.
     """
 
     score: str = "dice"
     fill: float = 0.0
-    center_scores: bool = False
+    center_scores: bool = True
     counterfactual: bool = False
 
     def __post_init__(self) -> None:

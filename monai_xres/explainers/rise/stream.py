@@ -67,6 +67,8 @@ class RiseSums:
         pilot: the adaptive estimator's exact map, int64 ``sum_i round(rho_i score_i 2^20) round(m_i 2^12)``
             (:mod:`~monai_xres.explainers.rise.estimators`), else None.
         pilot_total: ``sum_i round(rho_i score_i 2^20)``.
+        scores: every mask's weight in order (kept for the regression estimator), else None.
+        regression: the regression estimator's facts once it has run, else None.
     """
 
     weighted: torch.Tensor
@@ -76,11 +78,15 @@ class RiseSums:
     mask_total: float = 0.0
     pilot: torch.Tensor | None = None
     pilot_total: int = 0
+    scores: list[float] | None = None
+    regression: dict | None = None
 
     def add(self, batch: torch.Tensor, scores: Sequence[float], with_totals: bool,
             weights: Sequence[float] | None = None) -> None:
         """Add a batch of masks ``(b, 1, *window)`` with their scores (and weights), one mask at a time, in order."""
         totals = batch.flatten(1).sum(1).tolist() if with_totals else [0.0] * len(scores)
+        if self.scores is not None:
+            self.scores.extend(float(s) for s in scores)
         for m, s, rho, total in zip(batch[:, 0], scores, weights or [1.0] * len(scores), totals):
             weighted = s * rho
             self.weighted.add_(m, alpha=weighted)
