@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
-from monai.utils import CommonKeys
 from torch import nn
 
 from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
 from monai_xres.explainers.cam_shared import group_by_gradient
 from monai_xres.explainers.registry import build_explainer, name_of, title_of
+from monai_xres.handlers.prediction import PREDICTION, keep_prediction
 from monai_xres.output.overlay import overlay_centre, save_overlay
 from monai_xres.output.provenance import sha256_file, sidecar
 from monai_xres.output.qc import map_locality
@@ -38,26 +38,11 @@ from monai_xres.transforms import ExplainRegiond, Inferer, like_image
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["SaliencyWriter", "build_explainer", "keep_prediction"]
+__all__ = ["SaliencyWriter", "build_explainer"]
 
 logger = logging.getLogger(__name__)
 
 _CASE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
-
-
-PREDICTION = "monai_xres_prediction"  # engine.state attribute: (iteration, its raw stitched logits)
-
-
-def keep_prediction(engine: Engine) -> None:
-    """On ``IterationEvents.FORWARD_COMPLETED`` (before the evaluator's postprocessing): keep the inferer's raw
-    output ``(B, C, *spatial)`` on ``engine.state`` for :class:`SaliencyWriter`, which explains that very
-    prediction without running it again (the state lives on the engine, one iteration long)."""
-    output = engine.state.output
-    pred = output.get(CommonKeys.PRED) if isinstance(output, Mapping) else None
-    if isinstance(pred, MetaTensor):
-        pred = pred.as_tensor()
-    kept = pred.detach() if isinstance(pred, torch.Tensor) else None
-    setattr(engine.state, PREDICTION, (engine.state.iteration, kept))  # the iteration it belongs to
 
 
 class SaliencyWriter:
