@@ -171,7 +171,8 @@ def test_every_method_takes_signed_weights_against_the_closed_form(contrast):
     np.testing.assert_allclose(cam.saliency[0, 0].double().numpy(), ((1 - k) * w * x[0, 0]).double().numpy(),
                                rtol=1e-5, atol=1e-6)
     masks = torch.rand(64, 1, *shape, generator=torch.Generator().manual_seed(3))
-    rise = SegRISE(net, n_masks=64, score="logit", p_keep=0.5, batch_size=16, verbose=False)
+    rise = SegRISE(net, n_masks=64, score="logit", p_keep=0.5, batch_size=16, verbose=False, estimator="plain",
+                   center_scores=False)  # the published estimator and map
     got = rise.attribute(x, target, masks=masks).saliency[0, 0].double()
     m = masks.reshape(64, -1).double()
     scores = m @ ((1 - k) * w * x[0, 0]).reshape(-1).double()

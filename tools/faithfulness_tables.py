@@ -174,8 +174,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for bundle_name in args.bundles:
         n, steps, masks, reduced = _sweep_size(args, bundle_name)
         datasets = [(name, images[:n], labels[:n]) for name, images, labels in all_cases]
-        settings = EvaluationSettings(n_steps=steps, randomisation_steps=args.randomisation_steps, reference="RISE",
-                                      batch_size=8)
+        settings = EvaluationSettings(n_steps=steps, randomisation_steps=args.randomisation_steps,
+                                      reference=_label("segrise", RISE[0]), batch_size=8)
         size = f"{steps} deletion/insertion steps, {masks} RISE masks" + (", a reduced sweep" if reduced else "")
         bundle = shipped_bundle(bundle_name)
         network, parser = bundle_network(bundle)
