@@ -75,6 +75,6 @@ def run_demo(output_dir: str, rise_masks: int = 200) -> Any:
     from monai_xres.explainers.registry import method_names
 
     # fewer RISE cells along the thick-slice axis
-    methods = method_configs(method_names(), n_masks=rise_masks, grid_size=(6, 6, 3))
+    methods = method_configs(method_names(optional=False), n_masks=rise_masks, grid_size=(6, 6, 3))
     print(f"Explaining the spleen (class 1) of {DEMO_CASE_NAME} with {', '.join(methods)} ...")
     return run_bundle(demo_bundle(), str(demo_case()), output_dir, methods, {"class_index": 1})

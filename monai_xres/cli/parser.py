@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "dotted name or 'a+b' multi-layer map; 'all' = every level of the network (default: the "
                     "default layer)")
     ev.add_argument("--methods", nargs="+", choices=method_choices(), metavar="METHOD",
-                    help=f"methods to compare, of {', '.join(method_choices())} (default: all, every variant)")
+                    help=f"methods to compare, of {', '.join(method_choices())} (default: all but the optional "
+                    "Captum ones, every variant)")
     ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
     return parser
