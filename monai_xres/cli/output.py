@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,10 +22,25 @@ def report_written(writer: Any, output_dir: str) -> int:
                 print(f"  {written}")
     for err in writer.errors:
         print(f"error: {err['case']} {err['method']} {err['region']}: {err['error']}", file=sys.stderr)
+    _report_anatomy(writer.written)
     print("\nIn 3D Slicer: File > Add Data, pick the scan and the *_seg.nii.gz / saliency .nii.gz files; show a\n"
           "saliency volume as foreground (Volumes module: colour 'ColdToHotRainbow', opacity ~0.5) over the\n"
           "scan. The files carry the scan's own geometry, so they overlay without registration.")
     return 1 if writer.errors else 0
+
+
+def _report_anatomy(written: list[str]) -> None:
+    """One line per map measured against --anatomy: where most of its evidence lies."""
+    from monai_xres.apps.anatomy import summary_line
+
+    lines = []
+    for path in written:
+        sidecar = Path(path[: -len(".nii.gz")] + ".json") if path.endswith(".nii.gz") else None
+        if sidecar is not None and sidecar.is_file():
+            line = summary_line(json.loads(sidecar.read_text()))
+            lines += [f"  {line}"] if line else []
+    if lines:
+        print("\nWhere the evidence lies (--anatomy):", *lines, sep="\n")
 
 
 def report_cohort(total: dict | None, n_cases: int, output_dir: str) -> int:

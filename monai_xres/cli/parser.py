@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from monai_xres.cli.anatomy import add_arguments as add_anatomy_arguments
 from monai_xres.explainers.registry import default_method, method_choices
 from monai_xres.networks import LEVEL_ALIASES
 
@@ -126,6 +127,7 @@ def _qc_arguments(ex: argparse.ArgumentParser) -> None:
                     "not B")
     qc.add_argument("--slicer", action="store_true", help="also write <case>_seg.seg.nrrd (and the instances') with "
                     "named segments, and a saliency colour table (needs the slicer extra)")
+    add_anatomy_arguments(qc)
 
 
 def build_parser() -> argparse.ArgumentParser:
