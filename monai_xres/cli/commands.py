@@ -24,6 +24,7 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
+from monai_xres.cli import groundtruth
 from monai_xres.cli.anatomy import anatomy_plan
 from monai_xres.cli.output import report_cohort, report_written
 from monai_xres.cli.parser import build_parser
@@ -154,8 +155,7 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _qc_overrides(plan: dict[str, Any]) -> dict[str, Any]:
-    anatomy = {"explain_writer#anatomy": plan["anatomy"]} if plan.get("anatomy") else {}
-    return {**anatomy, **({} if plan["qc"] is None else {"explain_writer#qc": plan["qc"]})}
+    return {f"explain_writer#{key}": plan[key] for key in ("qc", "anatomy") if plan.get(key) is not None}
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monai-xres`` console script."""
     args = build_parser().parse_args(argv)
     _quiet_optional_readers()
-    command = {"evaluate": _evaluate, "demo": _demo, "explain": _explain}[args.command]
+    command = {"evaluate": _evaluate, "demo": _demo, "explain": _explain, "groundtruth": groundtruth.run}[args.command]
     try:
         return command(args)
     except (UsageError, FolderInUse) as e:

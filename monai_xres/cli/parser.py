@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from monai_xres.cli import groundtruth
 from monai_xres.cli.anatomy import add_arguments as add_anatomy_arguments
 from monai_xres.explainers.registry import default_method, method_choices
 from monai_xres.networks import LEVEL_ALIASES
@@ -131,7 +132,7 @@ def _qc_arguments(ex: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``monai-xres demo|explain|evaluate``."""
+    """The parser of ``monai-xres demo|explain|evaluate|groundtruth``."""
     parser = _Parser(prog="monai-xres", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain the sample 3D UNet bundle on a sample CT case")
@@ -156,4 +157,5 @@ def build_parser() -> argparse.ArgumentParser:
                     "Captum ones, every variant)")
     ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
+    groundtruth.add_parser(sub)
     return parser

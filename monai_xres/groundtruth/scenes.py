@@ -1,0 +1,125 @@
+"""The benchmark's scenes and models: unseen planted-cue test scenes through each bundle's own preprocessing.
+
+A :class:`BundleModel` is a bundle's network (weights loaded with ``weights_only=True``) and its
+``preprocessing``; :meth:`BundleModel.prepare` puts a scene's HU array through that preprocessing (as a NIfTI
+file in a scratch folder, since a bundle's preprocessing starts by loading a file), padded to the network's
+stride, and :meth:`BundleModel.target_mask` is what reliance verification asks of a model: the predicted
+target (class 1) for an image array.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import DivisiblePad
+
+from monai_xres.apps.errors import UsageError
+from monai_xres.explainers.base import predict
+from monai_xres.networks import network_stride
+from monai_xres.regions.geometry import label_file_on_grid
+
+__all__ = ["BundleModel", "Scene", "load_models", "planted_api", "test_scenes"]
+
+TARGET = 1  # the planted scenes' target object: label value and output class
+
+
+@dataclass
+class Scene:
+    """One unseen test scene: its seed, HU image, target label, structures and affine (scene grid)."""
+
+    seed: int
+    image: np.ndarray
+    label: np.ndarray
+    structures: np.ndarray
+    affine: np.ndarray
+
+
+def planted_api() -> Any:
+    """The planted-cue generator module (:mod:`monai_xres.sample_data.planted`), or a usage error naming it."""
+    try:
+        from monai_xres.sample_data import planted
+    except ImportError as e:
+        raise UsageError("the ground-truth benchmark needs the planted-cue generator (monai_xres.sample_data."
+                         f"planted), which this installation lacks ({e}): update monai-xres.") from e
+    return planted
+
+
+def test_scenes(seeds: list[int]) -> list[Scene]:
+    """The planted generator's ``test`` scenes (M and P on the target) for ``seeds``."""
+    planted = planted_api()
+    return [Scene(int(s), *planted.generate_scene(int(s), "test")) for s in seeds]
+
+
+class BundleModel:
+    """A bundle's network and preprocessing, for scenes given as arrays.
+
+    Args:
+        bundle: the bundle folder.
+        name: what tables call it (``"shortcut"``, ``"control"``).
+        scratch: folder for the scenes' NIfTI files (default: a temporary folder of its own).
+    """
+
+    def __init__(self, bundle: str | os.PathLike, name: str, scratch: str | None = None) -> None:
+        from monai_xres.apps.runner import bundle_network
+
+        self.bundle, self.name = os.fspath(bundle), name
+        self.network, parser = bundle_network(bundle)
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self._own_scratch = None if scratch is not None else tempfile.TemporaryDirectory(prefix="monai-xres-gt-")
+        self.scratch = scratch if scratch is not None else self._own_scratch.name
+        self._count = 0
+
+    def _file(self, array: np.ndarray, affine: np.ndarray) -> str:
+        import nibabel as nib
+
+        self._count += 1
+        path = os.path.join(self.scratch, f"{self.name}_{self._count:06d}.nii.gz")
+        image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+        image.set_qform(image.affine, code=1)
+        image.set_sform(image.affine, code=1)
+        nib.save(image, path)
+        return path
+
+    def prepare(self, image: np.ndarray, affine: np.ndarray, structures: np.ndarray | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network input ``(1, C_in, *spatial)`` (a ``MetaTensor``: its affine gives the spacing) of an HU
+        array, and ``structures`` placed on that grid (nearest neighbour, through world coordinates)."""
+        path = self._file(image, affine)
+        x = self.preprocessing({"image": path})["image"]
+        placed = None
+        if structures is not None:
+            placed = label_file_on_grid(self._file(structures.astype(np.int16), affine), x)
+        pad = DivisiblePad(k=network_stride(self.network, x.ndim - 1))
+        x = pad(x)
+        placed = pad(placed)[0] if placed is not None else None
+        return x[None], placed
+
+    def target_mask(self, image: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The predicted target (argmax == 1) of an HU array, bool on the scene grid ``shape``."""
+        x, _ = self.prepare(image, affine)
+        logits = predict(self.network, x.as_tensor() if hasattr(x, "as_tensor") else x)
+        mask = (logits[0].argmax(0) == TARGET).cpu().numpy()
+        if mask.shape != tuple(shape):
+            raise ValueError(f"{self.bundle} predicts on a {mask.shape} grid, not the scene's {tuple(shape)}: the "
+                             "benchmark needs a bundle whose preprocessing keeps the planted scenes' grid.")
+        return mask
+
+    def predictor(self, affine: np.ndarray, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+        """``image array -> predicted target mask``, the callable reliance verification takes."""
+        return lambda image: self.target_mask(image, affine, shape)
+
+
+def load_models(shortcut: str | os.PathLike, control: str | os.PathLike) -> dict[str, BundleModel]:
+    """Both bundles' models; their networks must be of one kind (so each method's layers mean the same)."""
+    models = {"shortcut": BundleModel(shortcut, "shortcut"), "control": BundleModel(control, "control")}
+    kinds = {type(m.network).__name__ for m in models.values()}
+    if len(kinds) > 1:
+        raise UsageError(f"the shortcut and control bundles hold different networks ({sorted(kinds)}): give a pair "
+                         "of the same architecture and recipe.")
+    return models
