@@ -98,3 +98,21 @@ def test_the_handler_refuses_a_label_map_off_the_maps_grid(tmp_path):
         anatomy_facts(Writer(), {}, MetaTensor(sal, affine=torch.eye(4)))
     with pytest.raises(ValueError, match="exactly one of labels"):
         AnatomySettings()
+
+
+@pytest.mark.timeout(900)
+def test_the_bundle_overlay_takes_anatomy_as_one_config_key(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    bundle = REPO / "bundles" / "ct_spleen_unet3d"
+    files = [str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "explain.json")]
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(bundle / "configs" / "metadata.json"),
+                              workflow_type="infer", bundle_root=str(bundle), datalist=[str(CASE)],
+                              output_dir=str(tmp_path), explain_anatomy={"labels": str(LABEL), "names": NAMES},
+                              explain_cams={"seggradcam": {"method": "seggradcam"}})
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    sidecar = tmp_path / "case_0903" / "case_0903_seggradcam_class1.json"
+    shares = json.loads(sidecar.read_text())["anatomy"]["shares"]
+    assert shares == pytest.approx(_expected(sidecar.with_suffix("").with_suffix(".nii.gz")), abs=1e-6)
