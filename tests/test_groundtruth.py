@@ -1,12 +1,12 @@
-"""``monai-xres groundtruth`` end to end on tiny bundles made here and small hand-made planted scenes: the CSV's
-columns, the verified counts in the header, the plot, input-only baselines at AUC exactly 0.5 (the same map
-for both models on every scene), and the one-line usage errors before any work."""
+"""``monai-xres groundtruth`` end to end on tiny untrained bundles made here and the planted generator's test
+scenes: the CSV's columns, the verified counts in the header, the plot, input-only baselines at AUC exactly 0.5
+(the same map for both models on every scene), and the one-line usage errors before any work. Reliance is
+faked here (untrained networks rely on nothing): a verifier that refuses one seed."""
 
 from __future__ import annotations
 
 import csv
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +15,11 @@ import torch
 from monai.networks.nets import UNet
 
 from monai_xres.cli import main
-from monai_xres.groundtruth import scenes as scenes_module
 from monai_xres.groundtruth.table import COLUMNS
 from monai_xres.metrics.baselines import BASELINES
+from monai_xres.sample_data.planted import generate_scene
 
-SHAPE, AFFINE = (16, 16, 16), np.diag([2.0, 2.0, 3.0, 1.0])
 INPUT_ONLY = ("random", "intensity", "edges")  # maps that do not depend on the model at all
-
-
-def _scene(seed: int, kind: str):
-    """Two cubes (1 the target, 2 the other), a marker M next to the target, P inside it."""
-    rng = np.random.default_rng(seed)
-    structures = np.zeros(SHAPE, dtype=np.uint8)
-    structures[2:7, 2:7, 2:7] = 1
-    structures[10:15, 9:14, 9:14] = 2
-    structures[4, 4, 4] = 4
-    structures[2:4, 11:13, 3:5] = 3
-    image = (rng.normal(-100, 10, SHAPE) + 150 * np.isin(structures, (1, 2, 4)) + 500 * (structures == 3))
-    label = np.isin(structures, (1, 4)).astype(np.uint8)
-    return image.astype(np.int16), label, structures, AFFINE
 
 
 def _network() -> UNet:
@@ -56,7 +42,7 @@ def _bundle(folder: Path, seed: int) -> Path:
     (folder / "configs" / "inference.json").write_text(json.dumps(config))
     torch.manual_seed(seed)
     net = _network().eval()
-    image = np.clip((_scene(0, "test")[0].astype(np.float32) + 150) / 400, 0, 1)
+    image = np.clip((generate_scene(1, "test")[0].astype(np.float32) + 150) / 400, 0, 1)
     with torch.no_grad():
         logits = net(torch.from_numpy(image)[None, None])
         head = [m for m in net.modules() if isinstance(getattr(m, "bias", None), torch.Tensor)
@@ -68,13 +54,10 @@ def _bundle(folder: Path, seed: int) -> Path:
 
 @pytest.fixture
 def planted(monkeypatch):
-    """The hand-made scenes as the planted generator, and a verifier that refuses seed 3 (as a real one refuses
-    a scene whose reliance an intervention does not show)."""
-    fake = types.SimpleNamespace(generate_scene=_scene)
-    monkeypatch.setattr(scenes_module, "planted_api", lambda: fake)
+    """A verifier that refuses seed 3 (as a real one refuses a scene whose reliance an intervention does not
+    show)."""
     monkeypatch.setattr("monai_xres.groundtruth.run.verify_scene",
                         lambda scene, models: {"verified": scene.seed != 3})
-    return fake
 
 
 def test_groundtruth_command_writes_the_table_with_baselines_at_half(tmp_path, planted, capsys):
