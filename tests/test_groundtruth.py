@@ -82,6 +82,9 @@ def test_groundtruth_command_writes_the_table_with_baselines_at_half(tmp_path, p
         (row,) = [r for r in rows if r["method"] == BASELINES[kind]]
         assert float(row["contrast_auc"]) == 0.5, row
         assert row["share_M_shortcut"] == row["share_M_control"]
+    with open(out / "groundtruth_scenes.csv") as f:
+        assert [(r["seed"], r["verified"]) for r in csv.DictReader(f)] == [("1", "True"), ("2", "True"),
+                                                                            ("3", "False")]
     markdown = (out / "groundtruth.md").read_text()
     assert "model-contrast AUC" in markdown and markdown in printed
 

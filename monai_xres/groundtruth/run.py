@@ -141,13 +141,13 @@ def _score_scene(result: GroundTruth, scene: Scene, models: Mapping[str, BundleM
         x, structures = model.prepare(scene.image, scene.affine, scene.structures)
         try:
             explanations = explain_all(explainers[name], x, RegionTarget(TARGET))
+            spacing = spacing_of(x)
+            for label, explanation in explanations.items():
+                method, layer = _split(label, label in result.baselines)
+                measures = scene_measures(explanation.saliency[0, 0], structures, spacing, settings.tolerance_mm)
+                rows.append({"seed": scene.seed, "model": name, "method": method, "layer": layer,
+                             "baseline": label in result.baselines, **measures})
         except ValueError as err:  # e.g. no predicted target: the scene cannot be scored for this pair
             result.skipped.append({"seed": scene.seed, "model": name, "reason": str(err)})
             return
-        spacing = spacing_of(x)
-        for label, explanation in explanations.items():
-            method, layer = _split(label, label in result.baselines)
-            measures = scene_measures(explanation.saliency[0, 0], structures, spacing, settings.tolerance_mm)
-            rows.append({"seed": scene.seed, "model": name, "method": method, "layer": layer,
-                         "baseline": label in result.baselines, **measures})
     result.records.extend(rows)  # both models or neither: the contrast pairs scenes

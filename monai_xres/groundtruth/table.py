@@ -124,19 +124,36 @@ def _plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
         fig.savefig(tmp, dpi=110)
 
 
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level, keys joined by ``_`` (``{"dice": {"shortcut": {"intact": ..}}}`` ->
+    ``dice_shortcut_intact``)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(value, f"{name}_") if isinstance(value, Mapping) else {name: value})
+    return out
+
+
+def _csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, list(columns), lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
 def write_tables(result: Any, output_dir: str | os.PathLike) -> dict[str, str]:
-    """Write ``groundtruth.csv`` (every column), ``groundtruth.md`` and ``groundtruth.png``, atomically; returns
-    their paths by format."""
+    """Write ``groundtruth.csv`` (every column), ``groundtruth.md``, ``groundtruth.png`` and
+    ``groundtruth_scenes.csv`` (each scene's verification: Dice of each model intact and without each cue),
+    atomically; returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
     rows = summarise(result)
     paths = {ext: os.path.join(os.fspath(output_dir), f"groundtruth.{ext}") for ext in ("csv", "md", "png")}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    paths["scenes"] = os.path.join(os.fspath(output_dir), "groundtruth_scenes.csv")
     counts = {"verified_scenes": result.n_verified, "total_scenes": len(result.scenes)}
-    writer.writerows({**{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}, **counts}
-                     for row in rows)
-    atomic_write_text(paths["csv"], buffer.getvalue())
+    _csv(paths["csv"], [{**row, **counts} for row in rows], COLUMNS)
+    scenes = [_flat(scene) for scene in result.scenes]
+    _csv(paths["scenes"], scenes, list(dict.fromkeys(k for scene in scenes for k in scene)))
     atomic_write_text(paths["md"], markdown(result, rows))
     _plot(rows, paths["png"])
     return paths
