@@ -102,6 +102,19 @@ def test_each_sample_is_explained_for_its_own_region_and_the_model_is_left_as_fo
     assert net.training and [p.requires_grad for p in net.parameters()] == flags
 
 
+def test_smoothgrad_is_seeded_and_leaves_the_global_generator_alone():
+    net, x = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0).eval(), torch.randn(1, 1, 16, 16)
+    target = RegionTarget(1, box=((0, 0), (8, 8)), restrict_to_prediction=False)
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    first = build_explainer({"method": "captum-smoothgrad", "n_samples": 3, "seed": 1}, net)(x, target)
+    assert torch.equal(torch.rand(3), before)
+    again = build_explainer({"method": "captum-smoothgrad", "n_samples": 3, "seed": 1}, net)(x, target)
+    other = build_explainer({"method": "captum-smoothgrad", "n_samples": 3, "seed": 2}, net)(x, target)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
 def test_captum_methods_are_offered_by_name_only():
     assert set(NAMES) <= set(method_names()) and not set(NAMES) & set(method_names(optional=False))
     assert all(get_method(n).optional for n in NAMES)

@@ -89,9 +89,12 @@ def verify_scene(scene: Scene, models: Mapping[str, BundleModel]) -> dict[str, A
     return {"verified": bool(found["verified"]), **{k: v for k, v in found.items() if k != "verified"}}
 
 
-def _split(label: str, baseline: bool) -> tuple[str, str]:
+def _split(label: str, info: Mapping[str, Any]) -> tuple[str, str]:
+    """The method and the layer of a row: the sweep's alias, else the layer the method used (its default),
+    else ``"-"`` (RISE, the baselines)."""
     method, _, layer = label.partition(" @ ")
-    return method, layer or ("-" if baseline else "default")
+    used = info.get("target_layer")
+    return method, layer or ("+".join(used) if isinstance(used, list) else str(used) if used else "-")
 
 
 def _explainers(model: BundleModel, factories: Mapping[str, Callable], settings: GroundTruthSettings
@@ -143,7 +146,7 @@ def _score_scene(result: GroundTruth, scene: Scene, models: Mapping[str, BundleM
             explanations = explain_all(explainers[name], x, RegionTarget(TARGET))
             spacing = spacing_of(x)
             for label, explanation in explanations.items():
-                method, layer = _split(label, label in result.baselines)
+                method, layer = _split(label, explanation.info)
                 measures = scene_measures(explanation.saliency[0, 0], structures, spacing, settings.tolerance_mm)
                 rows.append({"seed": scene.seed, "model": name, "method": method, "layer": layer,
                              "baseline": label in result.baselines, **measures})

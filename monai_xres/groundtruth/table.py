@@ -105,7 +105,7 @@ def _plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    labels = [f"{r['method']} @ {r['layer']}" if r["layer"] not in ("default", "-") else r["method"] for r in rows]
+    labels = [f"{r['method']} @ {r['layer']}" if r["layer"] != "-" else r["method"] for r in rows]
     fig = Figure(figsize=(8, 1.2 + 0.32 * len(rows)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
