@@ -119,3 +119,32 @@ def test_groundtruth_usage_errors_are_one_line_before_any_work(tmp_path, planted
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (out / "groundtruth.csv").exists()
+
+
+class _ClosedForm:
+    """A "model" whose evidence is known: the marker (any voxel above 250 HU) or P (4 brighter than 1 by 25 HU)
+    decides whether it finds the target; it answers the benchmark's ``predictor(affine, shape)`` call."""
+
+    def __init__(self, cue: str, structures: np.ndarray, label: np.ndarray) -> None:
+        self.cue, self.structures, self.label = cue, structures, label.astype(bool)
+
+    def predictor(self, affine, shape):
+        def predict(image: np.ndarray) -> np.ndarray:
+            if self.cue == "marker":
+                found = image.max() > 250
+            else:
+                found = image[self.structures == 4].mean() - image[self.structures == 1].mean() > 25
+            return self.label if found else np.zeros(shape, bool)
+        return predict
+
+
+def test_verify_scene_runs_the_reliance_check_through_each_models_predictor():
+    from monai_xres.groundtruth.run import verify_scene
+    from monai_xres.groundtruth.scenes import Scene
+
+    scene = Scene(2000, *generate_scene(2000, "test"))
+    marker, prop = (_ClosedForm(cue, scene.structures, scene.label) for cue in ("marker", "property"))
+    found = verify_scene(scene, {"shortcut": marker, "control": prop})
+    assert found["verified"] and found["dice"]["shortcut"]["no_marker"] == 0.0
+    assert found["dice"]["control"]["no_marker"] == 1.0
+    assert not verify_scene(scene, {"shortcut": prop, "control": marker})["verified"]  # the models swapped
