@@ -19,7 +19,8 @@ from monai_xres.groundtruth.table import COLUMNS
 from monai_xres.metrics.baselines import BASELINES
 from monai_xres.sample_data.planted import generate_scene
 
-INPUT_ONLY = ("random", "intensity", "edges")  # maps that do not depend on the model at all
+INPUT_ONLY = ("random", "intensity", "edges")
+REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"  # maps that do not depend on the model at all
 
 
 def _network() -> UNet:
@@ -148,3 +149,27 @@ def test_verify_scene_runs_the_reliance_check_through_each_models_predictor():
     assert found["verified"] and found["dice"]["shortcut"]["no_marker"] == 0.0
     assert found["dice"]["control"]["no_marker"] == 1.0
     assert not verify_scene(scene, {"shortcut": prop, "control": marker})["verified"]  # the models swapped
+
+
+SHIPPED = [REPO_BUNDLES / f"planted_{kind}_unet3d" for kind in ("shortcut", "control")]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not all((b / "models" / "model.pt").is_file() for b in SHIPPED),
+                    reason="the planted bundles are not shipped in this checkout")
+def test_groundtruth_on_the_shipped_pair(tmp_path, capsys):
+    """Two unseen test scenes, reliance verified for real, one CAM and the baselines: the CSV's columns, and the
+    input-only baselines at AUC 0.5 on the verified scenes."""
+    out = tmp_path / "out"
+    args = ["groundtruth", "--shortcut-bundle", str(SHIPPED[0]), "--control-bundle", str(SHIPPED[1]), "--seeds",
+            "2000-2001", "--methods", "hirescam", "--output-dir", str(out)]
+    assert main(args) == 0
+    with open(out / "groundtruth.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS and rows[0]["total_scenes"] == "2"
+    verified = int(rows[0]["verified_scenes"])
+    assert f"Verified scenes: {verified} / 2" in capsys.readouterr().out
+    for kind in INPUT_ONLY:
+        (row,) = [r for r in rows if r["method"] == BASELINES[kind]]
+        assert row["contrast_auc"] == ("0.5" if verified else "nan")
