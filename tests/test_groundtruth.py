@@ -106,7 +106,13 @@ def test_groundtruth_usage_errors_are_one_line_before_any_work(tmp_path, planted
     untrained = tmp_path / "untrained"
     (untrained / "configs").mkdir(parents=True)
     (untrained / "configs" / "inference.json").write_text((shortcut / "configs" / "inference.json").read_text())
+    wrong = tmp_path / "wrong"
+    (wrong / "models").mkdir(parents=True)
+    (wrong / "configs").mkdir()
+    (wrong / "configs" / "inference.json").write_text((shortcut / "configs" / "inference.json").read_text())
+    torch.save(UNet(3, 1, 2, (8, 16), (2,), num_res_units=0).state_dict(), wrong / "models" / "model.pt")
     cases = [(["--control-bundle", str(tmp_path / "missing")], "does not exist"),
+             (["--control-bundle", str(wrong)], "do not fit its network_def"),
              (["--control-bundle", str(untrained)], "models/model.pt"),
              (["--control-bundle", str(shortcut), "--layers", "nowhere"], "nowhere"),
              (["--control-bundle", str(shortcut), "--seeds", "5-2"], "ranges low-high")]

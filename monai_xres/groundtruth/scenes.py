@@ -3,8 +3,8 @@
 A :class:`BundleModel` is a bundle's network (weights loaded with ``weights_only=True``) and its
 ``preprocessing``; :meth:`BundleModel.prepare` puts a scene's HU array through that preprocessing (as a NIfTI
 file in a scratch folder, since a bundle's preprocessing starts by loading a file), padded to the network's
-stride, and :meth:`BundleModel.target_mask` is what reliance verification asks of a model: the predicted
-target (class 1) for an image array.
+stride, and :meth:`BundleModel.predictor` is what reliance verification asks of a model: the predicted
+target (class 1) of an image array.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 from monai.transforms import DivisiblePad
 
 from monai_xres.apps.errors import UsageError
-from monai_xres.explainers.base import predict
 from monai_xres.networks import network_stride
 from monai_xres.regions.geometry import label_file_on_grid
 
@@ -69,11 +68,17 @@ class BundleModel:
         from monai_xres.apps.runner import bundle_network
 
         self.bundle, self.name = os.fspath(bundle), name
-        self.network, parser = bundle_network(bundle)
+        try:
+            self.network, parser = bundle_network(bundle)
+        except RuntimeError as e:  # load_state_dict: weights of another network
+            first = str(e).strip().splitlines()[0][:200]
+            raise UsageError(f"the weights of {self.bundle} do not fit its network_def ({first}): give a bundle "
+                             "whose models/model.pt was trained with its configs.") from e
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self._own_scratch = None if scratch is not None else tempfile.TemporaryDirectory(prefix="monai-xres-gt-")
         self.scratch = scratch if scratch is not None else self._own_scratch.name
         self._count = 0
+        self._predictors: dict[bytes, Callable[[np.ndarray], np.ndarray]] = {}
 
     def _file(self, array: np.ndarray, affine: np.ndarray) -> str:
         import nibabel as nib
@@ -100,19 +105,16 @@ class BundleModel:
         placed = pad(placed)[0] if placed is not None else None
         return x[None], placed
 
-    def target_mask(self, image: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """The predicted target (argmax == 1) of an HU array, bool on the scene grid ``shape``."""
-        x, _ = self.prepare(image, affine)
-        logits = predict(self.network, x.as_tensor() if hasattr(x, "as_tensor") else x)
-        mask = (logits[0].argmax(0) == TARGET).cpu().numpy()
-        if mask.shape != tuple(shape):
-            raise ValueError(f"{self.bundle} predicts on a {mask.shape} grid, not the scene's {tuple(shape)}: the "
-                             "benchmark needs a bundle whose preprocessing keeps the planted scenes' grid.")
-        return mask
+    def predictor(self, affine: np.ndarray, shape: tuple[int, ...] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """``HU image array -> predicted target mask`` on a grid of ``affine``: the reliance module's own
+        :func:`~monai_xres.metrics.reliance.bundle_predictor` (the bundle's preprocessing, network and inferer),
+        so a scene is verified here exactly as the bundles' documented counts were (one per grid, kept)."""
+        from monai_xres.metrics.reliance import bundle_predictor
 
-    def predictor(self, affine: np.ndarray, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
-        """``image array -> predicted target mask``, the callable reliance verification takes."""
-        return lambda image: self.target_mask(image, affine, shape)
+        key = np.asarray(affine, dtype=np.float64).tobytes()
+        if key not in self._predictors:
+            self._predictors[key] = bundle_predictor(self.bundle, affine)
+        return self._predictors[key]
 
 
 def load_models(shortcut: str | os.PathLike, control: str | os.PathLike) -> dict[str, BundleModel]:
