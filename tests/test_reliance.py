@@ -8,6 +8,8 @@ break the first and not the second, and removing P the reverse.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,8 @@ from scipy import ndimage
 
 from monai_xres.metrics.reliance import dice, verify_reliance
 from monai_xres.sample_data import planted
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEEDS = (0, 1, 2)
 
@@ -114,3 +118,32 @@ def test_a_scene_without_both_cues_is_refused(scenes):
     with pytest.raises(ValueError, match="both cues"):
         verify_reliance(_shortcut(structures), _control(structures),
                         {"image": image, "label": label, "structures": np.where(structures == 4, 1, structures)})
+
+
+def test_bundle_predictor_matches_the_bundles_own_inference(tmp_path):
+    """The predictor (the bundle's preprocessing, network and inferer on an array) gives the segmentation the
+    bundle's inference.json writes for the scene's file, voxel for voxel (random weights: only the pipeline
+    is compared)."""
+    import shutil
+
+    import nibabel as nib
+    from monai.bundle import ConfigParser
+
+    from monai_xres.metrics.reliance import bundle_predictor
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "bundles" / "planted_shortcut_unet3d" / "configs", bundle / "configs")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    paths = planted.write_scenes(str(tmp_path / "scenes"), [7], "test")[0]
+    parser.update({"bundle_root": str(bundle), "datalist": [paths["image"]], "output_dir": str(tmp_path / "out"),
+                   "device": "$torch.device('cpu')"})
+    for expression in ("initialize", "run"):
+        parser.get_parsed_content(expression)
+    written = np.asarray(nib.load(next((tmp_path / "out").rglob("*_seg.nii.gz"))).dataobj)
+    predicted = bundle_predictor(bundle)(planted.generate_scene(7, "test")[0])
+    assert 0 < predicted.sum() < predicted.size  # random weights still mark some voxels, not all
+    np.testing.assert_array_equal(predicted, written == 1)

@@ -1,7 +1,8 @@
 """Faithfulness metrics: does a map show what the network used?
 
 ``faithfulness`` (masking test, deletion/insertion, locality), ``randomisation`` (cascading model
-randomisation), ``similarity`` (Spearman, SSIM, agreement between methods).
+randomisation), ``similarity`` (Spearman, SSIM, agreement between methods), ``reliance`` (which evidence a
+model used, verified by removing planted cues).
 """
 
 from monai_xres.metrics.faithfulness import (
