@@ -71,7 +71,7 @@ class BundleModel:
         try:
             self.network, parser = bundle_network(bundle)
         except RuntimeError as e:  # load_state_dict: weights of another network
-            first = str(e).strip().splitlines()[0][:200]
+            first = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])[:200]
             raise UsageError(f"the weights of {self.bundle} do not fit its network_def ({first}): give a bundle "
                              "whose models/model.pt was trained with its configs.") from e
         self.preprocessing = parser.get_parsed_content("preprocessing")
