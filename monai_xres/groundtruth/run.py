@@ -27,6 +27,7 @@ from monai_xres.groundtruth.table import write_tables
 from monai_xres.metrics.baselines import BASELINES, BaselineMap
 from monai_xres.metrics.faithfulness import spacing_of
 from monai_xres.metrics.groundtruth import DEFAULT_TOLERANCE_MM, scene_measures
+from monai_xres.networks import network_levels
 from monai_xres.regions.target import RegionTarget
 
 __all__ = ["DEFAULT_SEEDS", "GroundTruth", "GroundTruthSettings", "run_groundtruth", "verify_scene"]
@@ -89,12 +90,13 @@ def verify_scene(scene: Scene, models: Mapping[str, BundleModel]) -> dict[str, A
     return {"verified": bool(found["verified"]), **{k: v for k, v in found.items() if k != "verified"}}
 
 
-def _split(label: str, info: Mapping[str, Any]) -> tuple[str, str]:
-    """The method and the layer of a row: the sweep's alias, else the layer the method used (its default),
-    else ``"-"`` (RISE, the baselines)."""
+def _split(label: str, info: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[str, str]:
+    """The method and the layer of a row: the sweep's alias, else the layer the method used (its default; by
+    its level alias where it has one, e.g. ``decoder3``), else ``"-"`` (RISE, the baselines)."""
     method, _, layer = label.partition(" @ ")
     used = info.get("target_layer")
-    return method, layer or ("+".join(used) if isinstance(used, list) else str(used) if used else "-")
+    used = [used] if isinstance(used, str) else list(used or [])
+    return method, layer or "+".join(aliases.get(name, name) for name in used) or "-"
 
 
 def _explainers(model: BundleModel, factories: Mapping[str, Callable], settings: GroundTruthSettings
@@ -141,12 +143,13 @@ def _score_scene(result: GroundTruth, scene: Scene, models: Mapping[str, BundleM
     """Every map of both models on one verified scene, measured against its structures."""
     settings, rows = result.settings, []
     for name, model in models.items():
+        aliases = {path: alias for alias, path in network_levels(model.network).items()}
         x, structures = model.prepare(scene.image, scene.affine, scene.structures)
         try:
             explanations = explain_all(explainers[name], x, RegionTarget(TARGET))
             spacing = spacing_of(x)
             for label, explanation in explanations.items():
-                method, layer = _split(label, explanation.info)
+                method, layer = _split(label, explanation.info, aliases)
                 measures = scene_measures(explanation.saliency[0, 0], structures, spacing, settings.tolerance_mm)
                 rows.append({"seed": scene.seed, "model": name, "method": method, "layer": layer,
                              "baseline": label in result.baselines, **measures})
