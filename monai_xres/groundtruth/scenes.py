@@ -97,9 +97,12 @@ class BundleModel:
         array, and ``structures`` placed on that grid (nearest neighbour, through world coordinates)."""
         path = self._file(image, affine)
         x = self.preprocessing({"image": path})["image"]
+        os.remove(path)  # read: the scratch folder holds one scene at a time
         placed = None
         if structures is not None:
-            placed = label_file_on_grid(self._file(structures.astype(np.int16), affine), x)
+            path = self._file(structures.astype(np.int16), affine)
+            placed = label_file_on_grid(path, x)
+            os.remove(path)
         pad = DivisiblePad(k=network_stride(self.network, x.ndim - 1))
         x = pad(x)
         placed = pad(placed)[0] if placed is not None else None
