@@ -99,6 +99,11 @@ def test_a_layer_sweep_names_each_layer(tmp_path, planted):
     with open(out / "groundtruth.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"HiResCAM"} and len({r["layer"] for r in rows}) == len(rows) >= 2
+    # seed 3 is not verified: scored with --all-scenes only, and the header says so
+    assert main([*args[:-2], "--seeds", "3", "--all-scenes", "--output-dir", str(tmp_path / "all")]) == 0
+    with open(tmp_path / "all" / "groundtruth.csv") as f:
+        assert all(r["n_scenes"] == "1" for r in csv.DictReader(f))
+    assert "EVERY scene is scored" in (tmp_path / "all" / "groundtruth.md").read_text()
 
 
 def test_groundtruth_usage_errors_are_one_line_before_any_work(tmp_path, planted, capsys):

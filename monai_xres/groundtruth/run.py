@@ -49,6 +49,7 @@ class GroundTruthSettings:
         rise_masks: RISE's masks per map.
         baselines: add the sanity-baseline rows (:data:`~monai_xres.metrics.baselines.BASELINES`).
         seed: RISE's and the random baseline's seed.
+        all_scenes: score every scene, verified or not (a diagnosis when few are verified; the table says so).
     """
 
     seeds: Sequence[int] = DEFAULT_SEEDS
@@ -58,6 +59,7 @@ class GroundTruthSettings:
     rise_masks: int = 100
     baselines: bool = True
     seed: int = 0
+    all_scenes: bool = False
 
 
 @dataclass
@@ -131,7 +133,7 @@ def run_groundtruth(shortcut_bundle: str, control_bundle: str, settings: GroundT
                       disable=None if verbose else True):
         check = dict(verify(scene, models))
         result.scenes.append({"seed": scene.seed, **check})
-        if check["verified"]:
+        if check["verified"] or settings.all_scenes:
             _score_scene(result, scene, models, explainers)
     if output_dir is not None:
         write_tables(result, output_dir)

@@ -79,8 +79,10 @@ def _cell(value: Any) -> str:
 def _header(result: Any) -> str:
     seeds = [s["seed"] for s in result.scenes]
     span = f"seeds {min(seeds)}-{max(seeds)}" if seeds else "no seeds"
-    return (f"Verified scenes: {result.n_verified} / {len(result.scenes)} ({span}; only verified scenes are "
-            f"scored); M-zone: the marker dilated by {result.settings.tolerance_mm:g} mm.")
+    scored = ("EVERY scene is scored, verified or not (--all-scenes: a diagnosis, not the benchmark)"
+              if result.settings.all_scenes else "only verified scenes are scored")
+    return (f"Verified scenes: {result.n_verified} / {len(result.scenes)} ({span}; {scored}); M-zone: the marker "
+            f"dilated by {result.settings.tolerance_mm:g} mm.")
 
 
 def markdown(result: Any, rows: Sequence[Mapping[str, Any]]) -> str:
