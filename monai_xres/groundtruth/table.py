@@ -112,8 +112,9 @@ def _plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     y = range(len(rows))
-    ax.barh([i - 0.2 for i in y], [r["share_M_shortcut"] for r in rows], 0.4, label="shortcut model (uses M)")
-    ax.barh([i + 0.2 for i in y], [r["share_M_control"] for r in rows], 0.4, label="control model (uses P)")
+    for shift, model, cue in ((-0.2, "shortcut", "M"), (0.2, "control", "P")):
+        ax.barh([i + shift for i in y], [r[f"share_M_{model}"] for r in rows], 0.4,
+                label=f"{model} model (trained where {cue} decides)")
     chance = finite_mean([r["chance_M"] for r in rows])
     if math.isfinite(chance):
         ax.axvline(chance, color="k", linestyle="--", linewidth=1, label="chance (zone volume)")
