@@ -21,8 +21,9 @@ import torch
 
 from monai_xres.apps.errors import UsageError
 
-__all__ = ["BundleFacts", "ScanFacts", "check_bundle", "check_explainers", "check_output_dir", "check_scan",
-           "check_scan_fits", "check_weights", "choose_series", "dicom_series", "inspect_bundle", "read_json"]
+__all__ = ["BundleFacts", "ScanFacts", "check_bundle", "check_explainers", "check_output_dir", "check_same_grid",
+           "check_scan", "check_scan_fits", "check_weights", "choose_series", "dicom_series", "inspect_bundle",
+           "read_json"]
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -138,6 +139,17 @@ def check_scan(path: str | os.PathLike, series: str | None = None) -> ScanFacts:
         raise UsageError(f"scan {path!r} has a singular affine (voxel spacing {spacing.round(4).tolist()} mm): its "
                          "geometry is broken; fix the header (e.g. set the spacing in 3D Slicer or SimpleITK).")
     return ScanFacts(path, spatial, channels, affine, uid, note)
+
+
+def check_same_grid(other: ScanFacts, scan: ScanFacts, option: str) -> None:
+    """``other`` (a label map given with ``option``) lies on ``scan``'s own grid: same shape, one channel, the
+    same voxel-to-world affine (within 1e-3 mm)."""
+    same = other.spatial == scan.spatial and other.affine.shape == scan.affine.shape and np.allclose(
+        other.affine, scan.affine, atol=1e-3)
+    if other.channels != 1 or not same:
+        raise UsageError(f"{option} {other.path!r} is not on the scan's grid (shape {other.spatial} vs "
+                         f"{scan.spatial}, or another affine): resample it onto the scan first (nearest neighbour, "
+                         "e.g. SimpleITK.Resample with the scan as reference).")
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from monai.data import MetaTensor
 from tqdm.auto import tqdm
 
+from monai_xres.apps.anatomy import anatomy_columns, anatomy_facts
 from monai_xres.explainers.base import predict
 from monai_xres.explainers.instances import explain_regions
 from monai_xres.metrics.channels import channel_shares
@@ -205,7 +206,7 @@ def _write_instances(writer: Any, data: Mapping, image: MetaTensor, x: torch.Ten
                            settings.min_ml, settings.truth_value)
     x_meta = MetaTensor(x, affine=image.affine)
     rows = _rows(writer, x_meta, logits, base.class_index, pairs, image_space(image))
-    files = _instance_maps(writer, image, x_meta, pairs, rows, name)
+    files = _instance_maps(writer, data, image, x_meta, pairs, rows, name)
     labels = like_image(instance_label_map([i for i, _ in pairs], tuple(x.shape[2:]))[None].float(), image)
     labels = writer._invert({"saliency": labels, "region": labels})["region"].round()
     out, ext, separate, root = _layout(writer)
@@ -237,7 +238,7 @@ def _rows(writer: Any, x: MetaTensor, logits: torch.Tensor, class_index: int, pa
     return rows
 
 
-def _instance_maps(writer: Any, image: MetaTensor, x: MetaTensor, pairs: list, rows: list[dict],
+def _instance_maps(writer: Any, data: Mapping, image: MetaTensor, x: MetaTensor, pairs: list, rows: list[dict],
                    region: str) -> list[str]:
     """Every method's maps of all instances at once (shared work), written on the scan; their columns."""
     files, spacing, targets = [], spacing_of(x), [t for _, t in pairs]
@@ -247,17 +248,20 @@ def _instance_maps(writer: Any, image: MetaTensor, x: MetaTensor, pairs: list, r
         result = explain_regions(explainer, x.as_tensor(), targets)
         for k, ((inst, _), row) in enumerate(zip(pairs, rows)):
             row.update(saliency_facts(result.saliency[k, 0], inst.mask, spacing, method))
-            files.append(_save_instance_map(writer, image, result.saliency[k], method, region, inst, explainer))
+            files.append(_save_instance_map(writer, data, image, result.saliency[k], method, region, inst,
+                                            explainer, row))
     return files
 
 
-def _save_instance_map(writer: Any, image: MetaTensor, saliency: torch.Tensor, method: str, region: str,
-                       inst: Any, explainer: Any) -> str:
+def _save_instance_map(writer: Any, data: Mapping, image: MetaTensor, saliency: torch.Tensor, method: str, region: str,
+                       inst: Any, explainer: Any, row: dict) -> str:
     inverted = writer._invert({"saliency": like_image(saliency, image)})["saliency"]
     final = writer._save(inverted, f"{method}_{region}-instance{inst.id:03d}")
+    anatomy = anatomy_facts(writer, data, inverted)  # on the scan's grid, as the file is
+    row.update(anatomy_columns(anatomy, method))
     record = sidecar({"name": method, **explainer.params()}, {"name": region, "instance": inst.id, "kind": inst.kind,
                                                              "n_voxels": inst.n_voxels},
                      {"saliency": os.path.basename(final)}, str(image.meta.get("filename_or_obj", "")),
-                     writer.model_sha256, writer.model_file)
+                     writer.model_sha256, writer.model_file, anatomy)
     atomic_write_text(final[: -len(writer.output_ext)] + ".json", json.dumps(record, indent=2))
     return final

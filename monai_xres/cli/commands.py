@@ -24,7 +24,8 @@ from typing import Any
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
 from monai_xres.apps.runner import checked_layers, method_configs, run_bundle
-from monai_xres.cli import demo, report
+from monai_xres.cli import demo, groundtruth, report
+from monai_xres.cli.anatomy import anatomy_plan
 from monai_xres.cli.output import report_cohort, report_written
 from monai_xres.cli.parser import build_parser
 from monai_xres.distributed import launched_by_torchrun
@@ -138,8 +139,8 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
         if args.label is not None or args.series is not None:
             raise CliError("--label and --series name one scan's files: with --datalist, give each case's label "
                            "in the list and use --class, --box, --point or --markup.")
-        if plan["qc"] is not None:
-            raise CliError("--instances, --channel-shares and --slicer explain one scan: use --image.")
+        if plan["qc"] is not None or args.anatomy is not None:
+            raise CliError("--instances, --channel-shares, --slicer and --anatomy explain one scan: use --image.")
         plan["cases"] = read_datalist(args.datalist)
         missing = [c["image"] for c in plan["cases"] if not os.path.exists(c["image"])]
         if missing:
@@ -149,11 +150,12 @@ def _explain_plan(args: argparse.Namespace) -> dict[str, Any]:
     plan["scan"] = checks.check_scan(args.image[0], args.series)
     checks.check_scan_fits(plan["scan"], facts)
     plan["label"] = checks.check_scan(_existing(args.label, "label map")).path if args.label else None
+    plan["anatomy"] = anatomy_plan(args, plan["scan"])
     return plan
 
 
 def _qc_overrides(plan: dict[str, Any]) -> dict[str, Any]:
-    return {} if plan["qc"] is None else {"explain_writer#qc": plan["qc"]}
+    return {f"explain_writer#{key}": plan[key] for key in ("qc", "anatomy") if plan.get(key) is not None}
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -205,9 +207,9 @@ def _nnunet_plan(args: argparse.Namespace) -> dict[str, Any]:
     from monai_xres.apps.cohort import read_datalist
     from monai_xres.apps.nnunet.run import check_request
 
-    if args.series is not None or args.preprocessed_grid or args.instances or args.channel_shares or args.slicer:
-        raise CliError("--series, --preprocessed-grid, --instances, --channel-shares and --slicer are for bundles: "
-                       "drop them with --nnunet.")
+    if any((args.series, args.preprocessed_grid, args.instances, args.channel_shares, args.slicer, args.anatomy)):
+        raise CliError("--series, --preprocessed-grid, --instances, --channel-shares, --slicer and --anatomy are for "
+                       "bundles: drop them with --nnunet.")
     plan: dict[str, Any] = {"output_dir": str(checks.check_output_dir(args.output_dir)),
                             "cases": read_datalist(args.datalist) if args.datalist is not None else None}
     if plan["cases"] is not None and args.label is not None:
@@ -275,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monai-xres`` console script."""
     args = build_parser().parse_args(argv)
     _quiet_optional_readers()
-    command = {"evaluate": _evaluate, "demo": demo.run, "explain": _explain, "report": report.run}[args.command]
+    command = {"evaluate": _evaluate, "demo": demo.run, "explain": _explain, "report": report.run,
+               "groundtruth": groundtruth.run}[args.command]
     try:
         return command(args)
     except (UsageError, FolderInUse) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ def report_written(writer: Any, output_dir: str) -> int:
             if os.path.exists(written):
                 print(f"  {written}")
     _errors(writer)
+    _report_anatomy(writer.written)
     print("\n" + SLICER_HOWTO)
     return 1 if writer.errors else 0
 
@@ -53,6 +55,20 @@ def report_demo(writer: Any, output_dir: str, first_tag: str, dice: float | None
     print(f"  the scan:      {scan}")
     print("\n" + SLICER_HOWTO)
     return 1 if writer.errors else 0
+
+
+def _report_anatomy(written: list[str]) -> None:
+    """One line per map measured against --anatomy: where most of its evidence lies."""
+    from monai_xres.apps.anatomy import summary_line
+
+    lines = []
+    for path in written:
+        sidecar = Path(path[: -len(".nii.gz")] + ".json") if path.endswith(".nii.gz") else None
+        if sidecar is not None and sidecar.is_file():
+            line = summary_line(json.loads(sidecar.read_text()))
+            lines += [f"  {line}"] if line else []
+    if lines:
+        print("\nWhere the evidence lies (--anatomy):", *lines, sep="\n")
 
 
 def report_cohort(total: dict | None, n_cases: int, output_dir: str, report: bool = True) -> int:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from monai_xres.cli import demo, report
+from monai_xres.cli import demo, groundtruth, report
+from monai_xres.cli.anatomy import add_arguments as add_anatomy_arguments
 from monai_xres.cli.arguments import class_value, finite, positive, whole
 from monai_xres.explainers.registry import default_method, method_choices
 from monai_xres.networks import LEVEL_ALIASES
@@ -86,10 +87,11 @@ def _qc_arguments(ex: argparse.ArgumentParser) -> None:
                     "not B")
     qc.add_argument("--slicer", action="store_true", help="also write <case>_seg.seg.nrrd (and the instances') with "
                     "named segments, and a saliency colour table (needs the slicer extra)")
+    add_anatomy_arguments(qc)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``monai-xres demo|explain|evaluate``."""
+    """The parser of ``monai-xres demo|explain|evaluate|groundtruth``."""
     parser = _Parser(prog="monai-xres", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
@@ -108,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "dotted name or 'a+b' multi-layer map; 'all' = every level of the network (default: the "
                     "default layer)")
     ev.add_argument("--methods", nargs="+", choices=method_choices(), metavar="METHOD",
-                    help=f"methods to compare, of {', '.join(method_choices())} (default: all, every variant)")
+                    help=f"methods to compare, of {', '.join(method_choices())} (default: all but the optional "
+                    "Captum ones, every variant)")
     ev.add_argument("--no-baselines", action="store_true", help="leave out the sanity-baseline rows")
     ev.add_argument("--output-dir", default="outputs/evaluation")
     report.add_parser(sub)
+    groundtruth.add_parser(sub)
     return parser

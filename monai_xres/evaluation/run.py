@@ -55,11 +55,11 @@ def default_methods(target_layer: str | None = None, rise_masks: int = 500, rise
     Args:
         layers: a layer sweep: every method that takes a ``target_layer`` once per layer (alias, dotted name,
             or a list / ``"a+b"`` for a multi-layer map), its rows named ``"<label> @ <layer>"``; the others once.
-        methods: registered method names to include (default: all).
+        methods: registered method names to include (default: all but the optional ones, e.g. Captum's).
     """
     shared = {"verbose": False, "n_masks": rise_masks, "grid_size": rise_grid, "batch_size": rise_batch_size,
               "seed": seed}
-    names = method_names() if methods is None else [get_method(m).name for m in methods]
+    names = method_names(optional=False) if methods is None else [get_method(m).name for m in methods]
     factories: dict[str, MethodFactory] = {}
     for name in names:
         method = get_method(name)

@@ -14,6 +14,7 @@ files and keys; it follows the map, not the preset that made it: HiResCAM is Seg
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Method:
         tag: ``params -> file-name tag``; default: the name.
         label: ``params -> display label`` (table rows); default: the display name.
         title: ``params -> title in words`` (PNG overlays); default: the display label.
+        optional: a comparator offered by name only (``--method``, configs), never in a default set (the demo,
+            ``evaluate`` without ``--methods``): e.g. Captum's methods, slow in 3D and needing their extra.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Method:
     tag: Callable[[Mapping[str, Any]], str] | None = None
     label: Callable[[Mapping[str, Any]], str] | None = None
     title: Callable[[Mapping[str, Any]], str] | None = None
+    optional: bool = False
 
     def explainer_class(self, parallel: bool = False) -> type:
         target = self.parallel if parallel and self.parallel else self.factory
@@ -108,9 +112,10 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def method_names() -> list[str]:
-    """Canonical names, in registration order."""
-    return list(_REGISTRY)
+def method_names(optional: bool = True) -> list[str]:
+    """Canonical names, in registration order; ``optional=False`` leaves out the optional methods (the default
+    set every surface explains with when no method is named)."""
+    return [name for name, method in _REGISTRY.items() if optional or not method.optional]
 
 
 def default_method() -> str:
@@ -235,3 +240,19 @@ register(Method("segrise", "monai_xres.explainers.rise.SegRISE", "RISE", aliases
                 defaults={"n_masks": 200, "p_keep": 0.5, "batch_size": 8, "score": "dice", "seed": 0},
                 variants=({"center_scores": False}, {}),
                 parallel="monai_xres.explainers.rise.parallel.MaskParallelSegRISE", label=_rise_label))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        return False
+
+
+if _installed("captum"):  # the captum extra: offered where it is installed
+    register(Method("captum-ig", "monai_xres.explainers.captum_methods.CaptumIntegratedGradients",
+                    "Integrated Gradients (Captum)", optional=True))
+    register(Method("captum-smoothgrad", "monai_xres.explainers.captum_methods.CaptumSmoothGrad",
+                    "SmoothGrad (Captum)", optional=True))
+    register(Method("captum-occlusion", "monai_xres.explainers.captum_methods.CaptumOcclusion",
+                    "Occlusion (Captum)", optional=True))

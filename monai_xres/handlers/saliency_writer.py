@@ -23,6 +23,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 from torch import nn
 
+from monai_xres.apps.anatomy import AnatomySettings, anatomy_facts, as_anatomy_settings
 from monai_xres.apps.qc import QCSettings, as_qc_settings, channel_facts, write_case_qc
 from monai_xres.explainers.base import Explainer
 from monai_xres.explainers.cam_shared import group_by_gradient
@@ -71,6 +72,8 @@ class SaliencyWriter:
         qc: :class:`~monai_xres.apps.qc.QCSettings` or a dict of its fields: every instance explained with a QC
             table, channel shares in the sidecars, ``.seg.nrrd`` files for 3D Slicer (None: none of them).
         class_names: ``{class index: name}`` for the PNG titles (bundles: ``metadata.json``'s ``channel_def``).
+        anatomy: :class:`~monai_xres.apps.anatomy.AnatomySettings`, a dict of its fields or a label file on the
+            scan's grid: each map's evidence share per structure in its sidecar (and the QC table).
 
     Attributes:
         errors: one dict per failed (case, method, region): ``case``, ``method``, ``region``, ``error``.
@@ -87,7 +90,8 @@ class SaliencyWriter:
                  write_sidecar: bool = True, model_file: str | os.PathLike | None = None,
                  network: nn.Module | None = None, raise_errors: bool = False,
                  provenance: Mapping[str, Any] | None = None, qc: QCSettings | Mapping | None = None,
-                 class_names: Mapping[Any, str] | None = None) -> None:
+                 class_names: Mapping[Any, str] | None = None,
+                 anatomy: AnatomySettings | Mapping | str | None = None) -> None:
         if isinstance(explainers, Explainer):
             explainers = {name_of(explainers): explainers}
         if not isinstance(explainers, Mapping) or not explainers:
@@ -110,7 +114,7 @@ class SaliencyWriter:
             except OSError as e:
                 raise ValueError(f"Cannot read model_file {self.model_file!r} for its checksum: {e}.") from e
         self.provenance, self.class_names = dict(provenance or {}), dict(class_names or {})
-        self.qc = as_qc_settings(qc)
+        self.qc, self.anatomy = as_qc_settings(qc), as_anatomy_settings(anatomy)
         self.errors: list[dict[str, str]] = []
         self.written: list[str] = []
         self._sources: dict[str, str] = {}  # file written -> its input, so no input overwrites another's map
@@ -241,6 +245,7 @@ class SaliencyWriter:
             region_facts = {"name": region, **spec.describe(), **facts, "centre_voxel": list(centre),
                             "centre_mm": world.round(3).tolist(), "space": str(saliency.meta.get("space", "RAS")),
                             **channel_facts(self, data, region, spec, explanation, facts)}
+            run = {**run, **anatomy_facts(self, data, saliency)}  # on the scan's grid, as the file is
             self._write_sidecar(f"{stem}.json", {"name": method, **params}, region_facts, files, data,
                                 {**run, "locality": map_locality(sal, reg > 0.5, affine)})
         return final
