@@ -77,5 +77,5 @@ def run_demo(output_dir: str, rise_masks: int = 200) -> Any:
     # fewer RISE cells along the thick-slice axis
     methods = method_configs(method_names(optional=False), n_masks=rise_masks, grid_size=(6, 6, 3))
     titles = [get_method(config["method"]).display_title(config) for config in methods.values()]
-    print(f"Explaining the spleen (class 1) of the sample CT {DEMO_CASE_NAME} with {', '.join(titles)} ...")
+    print(f"Explaining the spleen (class 1) of the sample CT {DEMO_CASE_NAME} with {'; '.join(titles)} ...")
     return run_bundle(demo_bundle(), str(demo_case()), output_dir, methods, {"class_index": 1})

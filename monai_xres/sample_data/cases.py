@@ -28,8 +28,8 @@ from tqdm import tqdm
 from monai_xres.sample_data import anatomy as sample_anatomy
 from monai_xres.sample_data import render as sample_render
 
-__all__ = ["FOV_MM", "GENERATOR_VERSION", "LABELS", "case_paths", "generate_case", "generate_dataset",
-           "save_case"]
+__all__ = ["FOV_MM", "GENERATOR_VERSION", "LABELS", "case_paths", "completed_seeds", "generate_case",
+           "generate_dataset", "save_case"]
 
 LABELS = {0: "background", 1: "spleen", 2: "right_kidney", 3: "left_kidney", 4: "liver"}
 GENERATOR_VERSION = "3"
@@ -157,6 +157,16 @@ def case_paths(out_dir: str, seed: int) -> dict[str, str]:
     return {"image": os.path.join(out_dir, "images", name), "label": os.path.join(out_dir, "labels", name)}
 
 
+def completed_seeds(manifest_path: str, stamp: dict) -> set[int]:
+    """The seeds a folder's manifest lists as written with the same ``stamp`` (generator version, arguments);
+    none when there is no manifest or it was written otherwise (then every case is made again)."""
+    if not os.path.isfile(manifest_path):
+        return set()
+    with open(manifest_path) as f:
+        old = json.load(f)
+    return set(old.get("seeds", [])) if {k: old.get(k) for k in stamp} == stamp else set()
+
+
 def generate_dataset(out_dir: str, seeds: Sequence[int], **case_kwargs) -> list[dict[str, str]]:
     """Write the cases ``seeds`` under ``out_dir`` (skipping those already written by this generator version).
 
@@ -173,12 +183,7 @@ def generate_dataset(out_dir: str, seeds: Sequence[int], **case_kwargs) -> list[
     # the manifest records every argument, defaults included, so a change of any one regenerates the cases
     manifest = {"version": GENERATOR_VERSION, "kwargs": json.loads(json.dumps(params, default=list))}
     manifest_path = os.path.join(out_dir, "generator.json")
-    done: set[int] = set()
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
-        if {k: old.get(k) for k in manifest} == manifest:
-            done = set(old.get("seeds", []))
+    done = completed_seeds(manifest_path, manifest)
     datalist = [case_paths(out_dir, s) for s in seeds]
     todo = [(s, d) for s, d in zip(seeds, datalist) if s not in done or not all(map(os.path.isfile, d.values()))]
     for seed, paths in tqdm(todo, desc="generating synthetic CT", disable=None):

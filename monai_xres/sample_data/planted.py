@@ -254,6 +254,7 @@ def write_scenes(out_dir: str, seeds: Sequence[int], kind: str) -> list[dict[str
     import json
 
     from monai_xres.output.writer import atomic_write_text
+    from monai_xres.sample_data.cases import completed_seeds
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
@@ -262,12 +263,7 @@ def write_scenes(out_dir: str, seeds: Sequence[int], kind: str) -> list[dict[str
         raise ValueError("seeds is empty: give at least one seed, e.g. range(8).")
     manifest = os.path.join(out_dir, "planted.json")
     stamp = {"kind": kind, "version": PLANTED_VERSION}
-    done: set[int] = set()
-    if os.path.isfile(manifest):
-        with open(manifest) as f:
-            old = json.load(f)
-        if {k: old.get(k) for k in stamp} == stamp:
-            done = set(old.get("seeds", []))
+    done = completed_seeds(manifest, stamp)
     datalist = [planted_paths(out_dir, s) for s in seeds]
     for seed, paths in zip(seeds, datalist):
         if seed not in done or not all(map(os.path.isfile, paths.values())):
