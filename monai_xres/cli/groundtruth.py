@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_groundtruth(str(bundles[0]), str(bundles[1]), settings, output_dir)
     path = os.path.join(output_dir, "groundtruth.md")
     print(f"Wrote {path} (+ .csv, .png)")
-    print(open(path).read())
+    print(Path(path).read_text())
     if result.n_verified == 0 and not args.all_scenes:
         print("monai-xres: warning: no scene's reliance was verified, so nothing was scored: check the bundles are "
               "a shortcut/control pair.", file=sys.stderr)
