@@ -17,7 +17,6 @@ from report_cohort import AFFINE, REGION, SHAPE, maps, write_case, write_cohort,
 from monai_xres.cli.commands import main
 from monai_xres.report import FLAGS, LEGEND, row_flags, write_report
 from monai_xres.report.flags import DICE_MIN, NEAR_COLUMN, NEAR_SHARE_MIN, OUTSIDE_COLUMN
-from monai_xres.report.measure import anatomy_available
 
 RTOL = 1e-5  # the CSV keeps 6 significant digits
 
@@ -117,13 +116,6 @@ def test_report_usage_errors(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(anatomy_available(), reason="structure shares are available: tested below")
-def test_anatomy_dir_without_structure_shares_exits_2(tmp_path, capsys):
-    assert main(["report", str(tmp_path), "--anatomy-dir", str(tmp_path)]) == 2
-    assert "not available in this version" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not anatomy_available(), reason="monai_xres.metrics.structures is missing in this version")
 def test_anatomy_dir_measures_structure_shares(tmp_path, capsys):
     import nibabel as nib
 

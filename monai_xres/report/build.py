@@ -11,7 +11,6 @@ from monai_xres.apps.errors import UsageError
 from monai_xres.output.qc import write_table
 from monai_xres.report.collect import COLUMNS, collect
 from monai_xres.report.html import write_page
-from monai_xres.report.measure import anatomy_available
 from monai_xres.report.plots import write_plots
 
 __all__ = ["CSV", "HTML", "check_report", "write_report"]
@@ -25,17 +24,13 @@ def check_report(output_dir: str | os.PathLike, label_dir: str | os.PathLike | N
     work).
 
     Raises:
-        UsageError: a folder is missing, ``anatomy_dir`` is given and structure shares are not available, or
-            the names are not ``{label value: name}``.
+        UsageError: a folder is missing, or the names are not ``{label value: name}``.
     """
     for path, what in ((output_dir, "output folder"), (label_dir, "--label-dir"), (anatomy_dir, "--anatomy-dir")):
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{what} {os.fspath(path)!r} is not a folder: give the folder explain wrote to"
                              if what == "output folder" else f"{what} {os.fspath(path)!r} is not a folder of label "
                              "maps named like the scans.")
-    if anatomy_dir is not None and not anatomy_available():
-        raise UsageError("--anatomy-dir is not available in this version (no monai_xres.metrics.structures): drop "
-                         "it, or update monai-xres.")
     if anatomy_names is not None and not (isinstance(anatomy_names, Mapping) and all(
             str(k).lstrip("-").isdigit() and isinstance(v, str) for k, v in anatomy_names.items())):
         raise UsageError('the anatomy names are not {label value: name}, e.g. {"1": "spleen", "6": "liver"}: fix '

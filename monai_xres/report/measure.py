@@ -15,36 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from monai_xres.apps.errors import UsageError
+from monai_xres.metrics.structures import structure_shares
 from monai_xres.output.qc import map_locality
 
-__all__ = ["CaseVolumes", "anatomy_available", "load_volume", "structure_shares_of"]
-
-_NOT_AVAILABLE = "--anatomy-dir is not available in this version (monai_xres.metrics.structures is missing)"
-
-
-def anatomy_available() -> bool:
-    """Whether :func:`monai_xres.metrics.structures.structure_shares` can be imported."""
-    try:
-        from monai_xres.metrics.structures import structure_shares  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def structure_shares_of(saliency: np.ndarray, labels: np.ndarray,
-                        names: Mapping[Any, str] | None = None) -> dict[str, dict[str, float]]:
-    """``{"shares": ..., "chance": ...}`` of a map over a label map on its grid; ``names``: ``{value: name}``
-    (default: every value present, named ``label <v>``).
-
-    Raises:
-        UsageError: the structure-share metric is not part of this version.
-    """
-    try:
-        from monai_xres.metrics.structures import structure_shares
-    except ImportError as e:
-        raise UsageError(f"{_NOT_AVAILABLE}: drop --anatomy-dir.") from e
-    return structure_shares(saliency, labels, names)
+__all__ = ["CaseVolumes", "load_volume"]
 
 
 def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -153,4 +127,4 @@ class CaseVolumes:
         if labels is None or not map_path.is_file():
             return None
         saliency, _ = load_volume(map_path)
-        return structure_shares_of(saliency, labels, self.anatomy_names) if saliency.shape == labels.shape else None
+        return structure_shares(saliency, labels, self.anatomy_names) if saliency.shape == labels.shape else None
