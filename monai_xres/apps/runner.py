@@ -147,6 +147,18 @@ def _quiet_missing_logging_conf() -> Iterator[None]:
         workflows.setLevel(level)
 
 
+def _as_data(value: Any) -> Any:
+    """Every string inside an override as a :class:`ConfigStr`: paths and names in the QC and anatomy settings
+    are data, and MONAI's parser would rewrite a ``#`` in them."""
+    if isinstance(value, str):
+        return ConfigStr(value)
+    if isinstance(value, Mapping):
+        return {k: _as_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_data(v) for v in value]
+    return value
+
+
 def _class_names(bundle: Path) -> dict[int, str]:
     """The bundle's ``{class index: name}`` (``metadata.json``), or none."""
     from monai_xres.output.slicer import class_names
@@ -192,7 +204,7 @@ def run_bundle(bundle: str | os.PathLike, image: str, output_dir: str, methods: 
             **{"dataset#data": [case], "explain_methods": dict(methods), "explain_region": dict(region),
                "explain_writer#provenance": {"dicom_series": series} if series else {},
                "explain_writer#class_names": {str(k): ConfigStr(v) for k, v in names.items()},
-               **dict(overrides or {})})
+               **{k: _as_data(v) for k, v in dict(overrides or {}).items()}})
     _prepare_workflow(workflow.parser, series)
     try:
         workflow.initialize()
