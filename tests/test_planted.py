@@ -127,6 +127,29 @@ def test_remove_cue_fills_only_the_cue_with_its_surroundings(scenes, cue):
         assert abs(after - ref.mean()) < max(ref.std(), 10.0), (seed, after, ref.mean(), ref.std())
 
 
+@pytest.mark.parametrize("gap_mm", [(2.0, 10.0), (8.0, 26.0)])
+def test_a_curriculum_gap_moves_only_the_marker_range(gap_mm):
+    """The shortcut recipes' closer stages: M at ``gap_mm``, still clearly nearer to its host; the default
+    range draws exactly the benchmark's scenes (same random draws)."""
+    for seed in range(3):
+        image, label, structures, affine = planted.generate_scene(seed, "shortcut", gap_mm)
+        host, gap, other = _m_host(structures, affine)
+        assert host == 1 and gap_mm[0] - 0.01 <= gap <= gap_mm[1] + 0.01 and other >= gap + 15.0 - 0.01
+        default = planted.generate_scene(seed, "shortcut")
+        again = planted.generate_scene(seed, "shortcut", planted.MARKER_GAP_MM)
+        assert all(np.array_equal(a, b) for a, b in zip(default, again))
+
+
+def test_scene_folders_of_another_gap_are_not_reused(tmp_path):
+    folder = str(tmp_path / "scenes")
+    planted.write_scenes(folder, [3], "shortcut", (2.0, 10.0))
+    close = nib.load(planted.planted_paths(folder, 3)["structures"]).get_fdata()
+    planted.write_scenes(folder, [3], "shortcut")  # the default range: the manifest's stamp differs, rewritten
+    far = nib.load(planted.planted_paths(folder, 3)["structures"]).get_fdata()
+    np.testing.assert_array_equal(far, planted.generate_scene(3, "shortcut")[2])
+    assert not np.array_equal(close, far)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="kind"):
         planted.generate_scene(0, "nope")
@@ -135,6 +158,9 @@ def test_bad_arguments_raise():
         planted.remove_cue(image, structures, "colour")
     with pytest.raises(ValueError, match="no marker"):
         planted.remove_cue(image, np.where(structures == 3, 0, structures), "marker")
+    for gap in ((10.0, 5.0), (-1.0, 5.0), (5.0,), (0.0, float("nan"))):
+        with pytest.raises(ValueError, match="marker_gap_mm"):
+            planted.generate_scene(0, "shortcut", gap)
 
 
 def _command(*args: str) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["report_cohort", "report_demo", "report_written"]
+__all__ = ["report_cohort", "report_demo", "report_planted_demo", "report_written"]
 
 SLICER_HOWTO = ("In 3D Slicer: File > Add Data, pick the scan and the *_seg.nii.gz / saliency .nii.gz files; show a\n"
                 "saliency volume as foreground (Volumes module: colour 'ColdToHotRainbow', opacity ~0.5) over the\n"
@@ -55,6 +55,37 @@ def report_demo(writer: Any, output_dir: str, first_tag: str, dice: float | None
     print(f"  the scan:      {scan}")
     print("\n" + SLICER_HOWTO)
     return 1 if writer.errors else 0
+
+
+def report_planted_demo(demo: Any, output_dir: str) -> int:
+    """What ``demo --planted`` showed, for a person: which cue each model needs (by intervention), where each
+    map puts its evidence, the picture to look at; the exit status (1 when a map failed)."""
+    for writer in demo.writers.values():
+        _errors(writer)
+    dice = demo.reliance["dice"]
+    print("\nWhat each model needs (Dice of its segmentation of the target; a cue removed = filled with the "
+          "tissue around it):")
+    for model, scores in dice.items():
+        print(f"  {model:8s} intact {scores['intact']:.2f}   without M {scores['no_marker']:.2f}   "
+              f"without P {scores['no_property']:.2f}")
+    if not demo.reliance["verified"]:
+        print("  (on this scene the interventions do not single out one cue per model: try another --seed)")
+    print("\nWhere each map puts its evidence (share of its positive mass; chance = share of the scene):")
+    for model, record in demo.sidecars.items():
+        anatomy = record["anatomy"]
+        parts = [f"{name} {anatomy['shares'][name]:.0%} (chance {anatomy['chance'][name]:.1%})"
+                 for name in ("marker M", "property P", "target object", "other object")]
+        print(f"  {model:8s} {record.get('method', {}).get('name', 'map')}: " + ", ".join(parts))
+    here = os.path.abspath(output_dir)
+    print(f"\nWritten under {here}:")
+    if os.path.isfile(demo.figure):
+        print(f"  look first:    {os.path.relpath(demo.figure, here)} (both maps on the same planes, through M)")
+    for model, path in demo.maps.items():
+        print(f"  {model + ' map:':14s} {os.path.relpath(path, here)} (.png and .json beside it)")
+    print(f"  the scene:     {os.path.relpath(demo.scene['image'], here)}, its structures "
+          f"{os.path.relpath(demo.scene['structures'], here)}")
+    print("\n" + SLICER_HOWTO)
+    return 1 if any(w.errors for w in demo.writers.values()) or len(demo.maps) < len(demo.writers) else 0
 
 
 def _report_anatomy(written: list[str]) -> None:

@@ -27,8 +27,8 @@ from scipy import ndimage
 
 from monai_xres.sample_data.anatomy import rotation
 
-__all__ = ["CUES", "KINDS", "PLANTED_VERSION", "SHAPE", "SPACING", "STRUCTURES", "generate_scene", "planted_paths",
-           "remove_cue", "save_scene", "scene_affine", "write_scenes"]
+__all__ = ["CUES", "KINDS", "MARKER_GAP_MM", "PLANTED_VERSION", "SHAPE", "SPACING", "STRUCTURES", "generate_scene",
+           "planted_paths", "remove_cue", "save_scene", "scene_affine", "write_scenes"]
 
 KINDS = ("shortcut", "control", "test")
 CUES = ("marker", "property")
@@ -79,8 +79,8 @@ def _gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _marker(rng: np.random.Generator, p: np.ndarray, host: np.ndarray, other: np.ndarray,
-            slab: np.ndarray) -> np.ndarray | None:
-    """A dense ball beside ``host`` in a random direction, or None when no draw fits the scene."""
+            slab: np.ndarray, gap_mm: tuple[float, float]) -> np.ndarray | None:
+    """A dense ball ``gap_mm`` from ``host`` in a random direction, or None when no draw fits the scene."""
     to_host, to_other, to_slab = _distance(host), _distance(other), _distance(slab)
     inside = _distance(np.pad(np.zeros(SHAPE, bool), 1, constant_values=True))[1:-1, 1:-1, 1:-1]
     centre_of_host = p[host].mean(0)
@@ -88,7 +88,7 @@ def _marker(rng: np.random.Generator, p: np.ndarray, host: np.ndarray, other: np
         radius = rng.uniform(3.0, 4.5)
         direction = rng.standard_normal(3)
         direction /= np.linalg.norm(direction)
-        gap = rng.uniform(*MARKER_GAP_MM)
+        gap = rng.uniform(*gap_mm)
         # march from the host's centre along the direction to the first point ``gap + radius`` from its surface
         steps = centre_of_host + np.arange(0, 80, 1.0)[:, None] * direction
         ijk = np.round(steps / SPACING + (np.array(SHAPE) - 1) / 2).astype(int)
@@ -100,7 +100,7 @@ def _marker(rng: np.random.Generator, p: np.ndarray, host: np.ndarray, other: np
         if not ball.any() or inside[ball].min() < 4.0 or to_slab[ball].min() < 12.0:
             continue
         near = float(to_host[ball].min())
-        if MARKER_GAP_MM[0] <= near <= MARKER_GAP_MM[1] and to_other[ball].min() >= near + _OTHER_MARGIN_MM:
+        if gap_mm[0] <= near <= gap_mm[1] and to_other[ball].min() >= near + _OTHER_MARGIN_MM:
             return ball
     return None
 
@@ -118,7 +118,8 @@ def _property(rng: np.random.Generator, p: np.ndarray, host: np.ndarray) -> np.n
     return None
 
 
-def _layout(rng: np.random.Generator, kind: str, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _layout(rng: np.random.Generator, kind: str, p: np.ndarray,
+            gap_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Structures (:data:`STRUCTURES`) and the muscle slab of one scene."""
     while True:
         face, thickness = rng.integers(4), rng.uniform(6.0, 12.0)
@@ -127,7 +128,7 @@ def _layout(rng: np.random.Generator, kind: str, p: np.ndarray) -> tuple[np.ndar
         target, other = _objects(rng, p, slab)
         m_host, p_host = {"shortcut": (0, rng.integers(2)), "control": (rng.integers(2), 0), "test": (0, 0)}[kind]
         objs = (target, other)
-        marker = _marker(rng, p, objs[m_host], objs[1 - m_host], slab)
+        marker = _marker(rng, p, objs[m_host], objs[1 - m_host], slab, gap_mm)
         prop = _property(rng, p, objs[p_host])
         if marker is not None and prop is not None:
             break
@@ -143,12 +144,16 @@ def scene_affine() -> np.ndarray:
     return affine
 
 
-def generate_scene(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def generate_scene(seed: int, kind: str, marker_gap_mm: Sequence[float] = MARKER_GAP_MM,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One planted-cue scene, identical for identical arguments (each kind draws its own scenes).
 
     Args:
         seed: selects layout, intensities, texture and noise.
         kind: ``"shortcut"``, ``"control"`` or ``"test"`` (:data:`KINDS`).
+        marker_gap_mm: ``(low, high)`` distance (mm) from M's host object's surface to M's edge. The default,
+            :data:`MARKER_GAP_MM`, is the benchmark's; training curricula start closer (the shipped shortcut
+            models' recipes).
 
     Returns:
         ``(image, label, structures, affine)``: int16 HU array ``(X, Y, Z)`` of shape :data:`SHAPE`,
@@ -157,9 +162,10 @@ def generate_scene(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.nda
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    gap = _gap_range(marker_gap_mm)
     layout_rng, look_rng = (np.random.default_rng([int(seed), KINDS.index(kind), k]) for k in range(2))
     p = _points()
-    structures, slab = _layout(layout_rng, kind, p)
+    structures, slab = _layout(layout_rng, kind, p, gap)
     u = look_rng.uniform
     hu = u(-110, -85) + 8.0 * _texture(look_rng, 10.0)  # fat
     hu[slab] = u(45, 60) + 5.0 * _texture(look_rng, 4.0)[slab]  # muscle wall
@@ -175,6 +181,14 @@ def generate_scene(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.nda
     label = ((structures == 1) | ((structures == 4) & _host_of_property(structures, 1))).astype(np.uint8)
     image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
     return image, label, structures, scene_affine()
+
+
+def _gap_range(marker_gap_mm: Sequence[float]) -> tuple[float, float]:
+    """``marker_gap_mm`` checked: two finite distances, ``0 <= low <= high``."""
+    gap = tuple(float(v) for v in marker_gap_mm)
+    if len(gap) != 2 or not all(np.isfinite(gap)) or not 0.0 <= gap[0] <= gap[1]:
+        raise ValueError(f"marker_gap_mm must be (low, high) in mm with 0 <= low <= high, got {marker_gap_mm!r}.")
+    return gap
 
 
 def _host_of_property(structures: np.ndarray, label: int) -> bool:
@@ -245,8 +259,10 @@ def save_scene(image: np.ndarray, label: np.ndarray, structures: np.ndarray, aff
             nib.save(_nifti(array, affine, intent), tmp)
 
 
-def write_scenes(out_dir: str, seeds: Sequence[int], kind: str) -> list[dict[str, str]]:
-    """Write the scenes ``seeds`` of ``kind`` under ``out_dir`` (keeping those already written there for ``kind``).
+def write_scenes(out_dir: str, seeds: Sequence[int], kind: str,
+                 marker_gap_mm: Sequence[float] = MARKER_GAP_MM) -> list[dict[str, str]]:
+    """Write the scenes ``seeds`` of ``kind`` under ``out_dir`` (keeping those already written there for the same
+    ``kind`` and ``marker_gap_mm``, see :func:`generate_scene`).
 
     Returns:
         The datalist ``[{"image", "label", "structures"}, ...]`` in the order of ``seeds``.
@@ -262,11 +278,12 @@ def write_scenes(out_dir: str, seeds: Sequence[int], kind: str) -> list[dict[str
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed, e.g. range(8).")
     manifest = os.path.join(out_dir, "planted.json")
-    stamp = {"kind": kind, "version": PLANTED_VERSION}
+    gap = _gap_range(marker_gap_mm)
+    stamp = {"kind": kind, "version": PLANTED_VERSION, "marker_gap_mm": list(gap)}
     done = completed_seeds(manifest, stamp)
     datalist = [planted_paths(out_dir, s) for s in seeds]
     for seed, paths in zip(seeds, datalist):
         if seed not in done or not all(map(os.path.isfile, paths.values())):
-            save_scene(*generate_scene(seed, kind), paths)
+            save_scene(*generate_scene(seed, kind, gap), paths)
     atomic_write_text(manifest, json.dumps({**stamp, "seeds": sorted(done | set(seeds))}))
     return datalist
