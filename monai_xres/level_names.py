@@ -1,6 +1,7 @@
 """The dotted module names of each supported network type's levels, ``net -> {alias: name}``.
 
-Bottleneck first, then ``decoderN`` .. ``decoder1`` (towards the head), then ``head-input``; the aliases
+In the order data flows: ``encoder1`` .. ``encoderN`` where a type names its encoder levels (``encoder1``
+nearest the input), the bottleneck, ``decoderN`` .. ``decoder1`` (towards the head), ``head-input``; the aliases
 and how a target layer is resolved are in :mod:`monai_xres.networks` (its ``NETWORK_TYPES`` table names
 these functions).
 """
@@ -18,7 +19,10 @@ def unet_levels(net: nn.Module) -> dict[str, str]:
     """MONAI UNet: ``model`` is (down, SkipConnection(submodule), up) recursively; the up block of depth
     ``d`` is ``model(.1.submodule)*d.2`` and depth 0's up block makes the output (it is the head)."""
     depth = len(net.channels) - 1
-    levels = {"bottleneck": "model" + ".1.submodule" * depth}
+    # the down block of depth d is model(.1.submodule)*d.0: its output, before any skip joins the decoder,
+    # still holds each input location's features at that location (the planted-cue benchmark's finding)
+    levels = {f"encoder{d + 1}": "model" + ".1.submodule" * d + ".0" for d in range(depth)}
+    levels["bottleneck"] = "model" + ".1.submodule" * depth
     levels.update({f"decoder{d}": "model" + ".1.submodule" * d + ".2" for d in range(depth - 1, 0, -1)})
     # the head: a transposed conv (+ with residual units, one unit whose last conv has no norm/act: linear in
     # its input with one unit, num_res_units=1; with more, the unit's first convs have norm/act)

@@ -4,7 +4,9 @@ A supported network type is one :class:`NetworkType` entry in :data:`NETWORK_TYP
 layers a user names by alias), its default target layer, the reshape its layer output needs (ViT tokens
 -> grid), and its total down-sampling stride. Adding a network type is adding one entry (CONTRIBUTING.md).
 
-Level aliases, the same words for every supported network: ``"bottleneck"`` (the deepest feature map),
+Level aliases, the same words for every supported network: ``"encoder1"`` .. ``"encoderN"`` (MONAI UNet:
+its down blocks, ``encoder1`` nearest the input, before any skip connection joins the decoder),
+``"bottleneck"`` (the deepest feature map),
 ``"decoder1"`` .. ``"decoderN"`` (the decoder levels, counted from the head: ``decoder1`` is the level
 nearest the segmentation head, the finest; ``decoderN`` the one just above the bottleneck) and
 ``"head-input"`` (the last feature map before the segmentation head; where the head is linear, as a
@@ -30,7 +32,8 @@ __all__ = ["LEVEL_ALIASES", "NETWORK_TYPES", "NetworkType", "TargetLayer", "defa
            "layer_list", "network_levels", "network_stride", "network_type", "resolve_layer", "run_network",
            "tokens_to_grid", "unwrap"]
 
-LEVEL_ALIASES = "'bottleneck', 'decoder1' (nearest the head) .. 'decoderN' (nearest the bottleneck), 'head-input'"
+LEVEL_ALIASES = ("'encoder1' (nearest the input; UNet) .. 'encoderN', 'bottleneck', 'decoder1' (nearest the head) .. "
+                 "'decoderN' (nearest the bottleneck), 'head-input'")
 
 # DistributedDataParallel / DataParallel add "module.", torch.compile adds "_orig_mod."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -103,7 +106,8 @@ class NetworkType:
             ``"decoder3"``, chosen by the faithfulness sweep, see docs/faithfulness.md) or ``net -> name``.
         reshape: ``net -> Reshape`` for layers whose output is not a ``(B, K, *grid)`` map, else None.
         stride: ``(net, n_dims) -> total down-sampling per axis`` (crops are aligned to it).
-        levels: ``net -> {alias: dotted name}``, bottleneck first, then ``decoderN`` .. ``decoder1``
+        levels: ``net -> {alias: dotted name}``, in the order data flows: ``encoder1`` .. ``encoderN`` (where
+            the type has them), the bottleneck, then ``decoderN`` .. ``decoder1``
             (towards the head), then ``head-input``.
         tokens: dotted-name prefix of the layers whose outputs are tokens (``reshape`` applies to them).
     """
@@ -172,8 +176,8 @@ def network_type(network: nn.Module) -> NetworkType | None:
 
 
 def network_levels(network: nn.Module) -> dict[str, str]:
-    """``{alias: dotted name}`` of a supported network's levels (module docstring), bottleneck first, head
-    input last; ``{}`` for other networks. Names are those of the unwrapped network (no ``module.``)."""
+    """``{alias: dotted name}`` of a supported network's levels (module docstring), in the order data flows
+    (encoders, bottleneck, decoders), head input last; ``{}`` for other networks. Names are those of the unwrapped network (no ``module.``)."""
     entry = network_type(network)
     return {} if entry is None or entry.levels is None else entry.levels(unwrap(network))
 

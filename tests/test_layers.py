@@ -82,18 +82,23 @@ def _outputs(net, names, x):
 def test_levels_run_from_bottleneck_to_head_input_and_the_head_is_what_follows(kind, dims):
     net, size, head = _make(kind, dims)
     levels = network_levels(net)
+    encoders = [a for a in levels if a.startswith("encoder")]
     decoders = [a for a in levels if a.startswith("decoder")]
-    assert list(levels)[0] == "bottleneck" and list(levels)[-1] == "head-input" and decoders
+    # the order data flows: encoder1 .. encoderN (UNet), the bottleneck, decoderN .. decoder1, the head input
+    assert list(levels) == [*encoders, "bottleneck", *decoders, "head-input"] and decoders
+    assert encoders == [f"encoder{k}" for k in range(1, len(encoders) + 1)] and (kind != "UNet" or encoders)
     # the convention: decoder numbers grow towards the bottleneck; decoder1 is the level nearest the head
     numbers = [int(a[len("decoder"):]) for a in decoders]
     assert numbers == sorted(numbers, reverse=True) and numbers == list(range(numbers[0], numbers[-1] - 1, -1))
     x = torch.randn(1, 1, *size, dtype=torch.float64)
     y, out = _outputs(net, set(levels.values()), x)
-    grid = [out[levels[a]] for a in levels]
+    grid = {a: out[levels[a]] for a in levels}
     if kind == "UNETR":  # tokens (B, N, K): the patch grid
-        grid[0] = resolve_layer(net, "bottleneck").reshape(grid[0])
-    cells = [torch.tensor(g.shape[2:]).prod().item() for g in grid]
+        grid["bottleneck"] = resolve_layer(net, "bottleneck").reshape(grid["bottleneck"])
+    cells = [torch.tensor(grid[a].shape[2:]).prod().item() for a in ["bottleneck", *decoders, "head-input"]]
     assert cells == sorted(cells) and cells[0] < cells[-1]  # finer and finer from the bottleneck to the head
+    down = [torch.tensor(grid[a].shape[2:]).prod().item() for a in [*encoders, "bottleneck"]]
+    assert down == sorted(down, reverse=True)  # coarser and coarser from the input to the bottleneck
     with torch.no_grad():  # "head-input" is the last feature map: the head alone turns it into the output
         torch.testing.assert_close(head(net)(out[levels["head-input"]]), y)
     for alias, name in levels.items():  # every alias resolves to its module, with or without wrappers
