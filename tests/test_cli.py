@@ -102,7 +102,8 @@ def test_layer_by_alias_on_the_command_line_and_bad_layers_exit_2(tmp_path, caps
     capsys.readouterr()
     assert main([*args, "--layer", "decoder9"]) == 2
     err = capsys.readouterr().err
-    assert "No layer named 'decoder9' in UNet; its levels: bottleneck, decoder3" in err
+    levels = "encoder1, encoder2, encoder3, encoder4, bottleneck, decoder3"
+    assert f"No layer named 'decoder9' in UNet; its levels: {levels}" in err
     assert len(err.strip().splitlines()) == 1
     label = str(DEMO_CASE).replace("images", "labels")
     assert main(["evaluate", "--image", str(DEMO_CASE), "--label", label, "--layers", "bottleneck", "nope",

@@ -25,13 +25,13 @@ def test_the_page_command_writes_the_sweep_and_the_table_between_the_markers(tmp
     text = page.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
     assert "**a note**" in text and "ct_spleen_unet2d (UNet), sample cases: layer sweep" in text
-    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `decoder3`" in text
+    assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `encoder1`" in text
     for row in ("HiResCAM @ bottleneck", "Seg-XRes-CAM mean w2 @ decoder3+decoder2+decoder1", "RISE centred",
                 "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder3"):
         assert f"| {row} |" in text, row
     (result,) = json.loads((tmp_path / "out" / "ranking.json").read_text())
-    assert result["default"] == "decoder3" and set(result["ranking"]) == {
-        "bottleneck", "decoder3", "decoder2", "decoder1", "head-input"}
+    assert result["default"] == "encoder1" and set(result["ranking"]) == {  # every level, in data-flow order
+        "encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "decoder3", "decoder2", "decoder1", "head-input"}
     assert (tmp_path / "out" / "ct_spleen_unet2d" / "sample_cases" / "faithfulness.md").is_file()
     page.write_text("no markers")  # refused before any work: no new output
     assert tool.main(["--quick", "--bundles", "ct_spleen_unet2d", "--output-dir", str(tmp_path / "again"),

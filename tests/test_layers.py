@@ -147,20 +147,22 @@ def test_hirescam_at_the_head_input_is_complete(kind, dims):
 
 
 def test_defaults_are_the_measured_levels():
-    """Pinned: the default target layer of each network type (the sweep of docs/faithfulness.md: UNet decoder3,
-    mean rank 2.44 over the two UNet bundles, 3D weights 0.4.0 and 2D 0.3.0, tied with decoder1 and taken as
-    the coarser; UNETR decoder4, 2.11 with the UNETR bundle's weights 0.2.1, tied with decoder3 and taken as the
-    coarser; the others the decoder level nearest the bottleneck, with no bundle to measure on)."""
+    """Pinned: the default target layer of each network type. UNet: encoder1, by the ground truth (the
+    planted-cue UNet pair, docs/groundtruth.md; tests/test_default_finds_shortcut.py pins what it finds);
+    UNETR: decoder4 by the faithfulness sweep (mean rank 2.11 with the UNETR bundle's weights 0.2.1, tied
+    with decoder3 and taken as the coarser); the others the decoder level nearest the bottleneck, with no
+    bundle to measure on."""
     defaults = {kind: default_layer_name(_make(kind, 3)[0])[0] for kind in ("UNet", "UNETR", "SwinUNETR",
                                                                               "SegResNet", "DynUNet")}
     levels = {kind: {v: k for k, v in network_levels(_make(kind, 3)[0]).items()} for kind in defaults}
-    # UNETR: its second level below the bottleneck; the others: the decoder level nearest it, whatever the depth
+    # UNet: its first encoder level; UNETR: its second level below the bottleneck; the others: the decoder
+    # level nearest it, whatever the depth
     assert {kind: levels[kind][name] for kind, name in defaults.items()} == {
-        "UNet": "decoder3", "UNETR": "decoder4", "SwinUNETR": "decoder5", "SegResNet": "decoder2",
+        "UNet": "encoder1", "UNETR": "decoder4", "SwinUNETR": "decoder5", "SegResNet": "decoder2",
         "DynUNet": "decoder3"}
     shallow = UNet(3, 1, 2, (4, 8, 16), (2, 2))
-    assert default_layer_name(shallow)[0] == network_levels(shallow)["decoder1"] == "model.1.submodule.2"
-    assert default_layer_name(UNet(2, 1, 2, (4, 8), (2,)))[0] == "model.1.submodule"  # no decoder level: bottleneck
+    assert default_layer_name(shallow)[0] == network_levels(shallow)["encoder1"] == "model.0"
+    assert default_layer_name(UNet(2, 1, 2, (4, 8), (2,)))[0] == "model.0"  # whatever the depth
     assert default_layer_name(_make("UNETR", 3)[0])[0] == "decoder4"
 
 

@@ -1,9 +1,9 @@
 """``monai-xres demo --planted``: the shipped pair on its documented test scene, through the CLI.
 
-The numbers pinned here are those of the shipped weights on the demo scene (docs/groundtruth.md): the
-shortcut model needs M and its default map puts a large share of its evidence on M; the control model needs
-P and its map puts next to none on M. Bounds leave room for BLAS differences between machines (shares move
-in the third decimal), not for another conclusion.
+Pinned with the shipped weights on the demo scene (seed 9100): the shortcut model's default map puts at
+least 5% of its positive mass (and 10x chance) within 5 mm of M, the benchmark's goal for a single scene;
+the control model's map puts less than a fifth of that there, and more on P. Measured: 20% (102x chance)
+and 0.0%. The bounds leave room for BLAS differences between machines, not for another conclusion.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 
 import matplotlib.image
+import nibabel as nib
 import numpy as np
 import pytest
 
 from monai_xres.apps.planted_demo import comparison_centre
 from monai_xres.cli import main
+from monai_xres.metrics.groundtruth import chance_level, marker_zone, mass_share
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,13 @@ def demo(tmp_path_factory):
     return code, out
 
 
+def _written(out, model, ext):
+    (path,) = sorted((out / model).rglob(f"*segxrescam*{ext}"))
+    return path
+
+
 def _anatomy(out, model):
-    (sidecar,) = sorted((out / model).rglob("*segxrescam*.json"))
-    return json.loads(sidecar.read_text())["anatomy"]
+    return json.loads(_written(out, model, ".json").read_text())["anatomy"]
 
 
 def test_exit_status_and_files(demo):
@@ -42,12 +48,18 @@ def test_exit_status_and_files(demo):
         assert (out / "scene" / name / "case_9100.nii.gz").is_file()
 
 
-def test_the_default_map_shows_which_model_looks_at_the_marker(demo, capsys):
+def test_the_default_map_shows_which_model_looks_at_the_marker(demo):
+    """Measured here from the written files (the M-zone as the benchmark draws it), not from the demo's print."""
     _, out = demo
+    labels = nib.load(out / "scene" / "structures" / "case_9100.nii.gz")
+    zone = marker_zone(np.asarray(labels.dataobj), np.linalg.norm(labels.affine[:3, :3], axis=0), 5.0)
+    share = {m: mass_share(np.asarray(nib.load(_written(out, m, ".nii.gz")).dataobj), zone)
+             for m in ("shortcut", "control")}
+    assert share["shortcut"] >= 0.05 and share["shortcut"] >= 10 * chance_level(zone), share
+    assert share["control"] < share["shortcut"] / 5, share
     shortcut, control = _anatomy(out, "shortcut"), _anatomy(out, "control")
-    on_m, chance = shortcut["shares"]["marker M"], shortcut["chance"]["marker M"]
-    assert on_m >= 0.05 and on_m >= 10 * chance, shortcut
-    assert control["shares"]["marker M"] < on_m / 5, (control, shortcut)
+    assert shortcut["shares"]["marker M"] > 10 * max(control["shares"]["marker M"], 1e-4)
+    assert control["shares"]["property P"] > shortcut["shares"]["property P"]
     for record in (shortcut, control):  # "outside" completes the shares
         assert sum(record["shares"].values()) == pytest.approx(1.0, abs=1e-6)
 

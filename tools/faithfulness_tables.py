@@ -1,7 +1,8 @@
 """The "Faithfulness" docs page: the layer sweep and the faithfulness table with sanity baselines, for every
 shipped bundle on the sample cases and on a real CT, written by one command into ``docs/faithfulness.md``.
 
-For each bundle: every level of its network (``bottleneck``, ``decoderN`` .. ``decoder1``, ``head-input``;
+For each bundle: every level of its network (``encoder1`` .. ``encoderN`` where the type names them,
+``bottleneck``, ``decoderN`` .. ``decoder1``, ``head-input``;
 :func:`monai_xres.networks.network_levels`) and the multi-layer map of all decoder levels (``combine="mean"``),
 each with HiResCAM, Seg-XRes-CAM (mean, window 2) and Seg-Grad-CAM; the other Seg-XRes-CAM variants at the
 network's default layer; RISE; the five sanity baselines (in both tables). Cases are the bundle's

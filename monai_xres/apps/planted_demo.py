@@ -38,6 +38,9 @@ class PlantedDemo:
         figure: the comparison PNG (written when both maps were).
         maps: ``{model: map path}``.
         sidecars: ``{model: sidecar record}`` (with its ``anatomy`` shares).
+        zone: ``{model: (share, chance)}``: the map's positive mass within ``tolerance_mm`` of M (the
+            benchmark's M-zone, :func:`~monai_xres.metrics.groundtruth.marker_zone`) and the zone's share of the
+            scene.
     """
 
     writers: dict[str, Any]
@@ -46,6 +49,7 @@ class PlantedDemo:
     figure: str
     maps: dict[str, str] = field(default_factory=dict)
     sidecars: dict[str, dict[str, Any]] = field(default_factory=dict)
+    zone: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def comparison_centre(structures: np.ndarray) -> tuple[int, ...]:
@@ -69,8 +73,20 @@ def _verify(bundles: Mapping[str, Path], scene: Sequence[np.ndarray], seed: int)
                            scene=scene, seed=seed)
 
 
+def _zone_shares(maps: Mapping[str, str], structures: np.ndarray, affine: np.ndarray
+                 ) -> dict[str, tuple[float, float]]:
+    """Each map's share of positive mass in the M-zone and the zone's chance level, on the scene's grid."""
+    import nibabel as nib
+
+    from monai_xres.metrics.groundtruth import DEFAULT_TOLERANCE_MM, chance_level, marker_zone, mass_share
+
+    zone = marker_zone(structures, np.linalg.norm(affine[:3, :3], axis=0), DEFAULT_TOLERANCE_MM)
+    return {model: (mass_share(np.asarray(nib.load(path).dataobj), zone), chance_level(zone))
+            for model, path in maps.items()}
+
+
 def _figure(path: str, image_path: str, structures: np.ndarray, maps: Mapping[str, str],
-            sidecars: Mapping[str, Mapping[str, Any]]) -> None:
+            sidecars: Mapping[str, Mapping[str, Any]], zone: Mapping[str, tuple[float, float]]) -> None:
     """Both maps on the same planes (:func:`comparison_centre`), shortcut above control, in one PNG."""
     import matplotlib.image
     import nibabel as nib
@@ -82,11 +98,10 @@ def _figure(path: str, image_path: str, structures: np.ndarray, maps: Mapping[st
     centre = comparison_centre(structures)
     rows = []
     for model, map_path in maps.items():
-        shares = sidecars[model]["anatomy"]
-        on_m, chance = shares["shares"]["marker M"], shares["chance"]["marker M"]
-        on_p = shares["shares"]["property P"]
-        title = (f"{model} model ({USES[model]}): {on_m:.0%} of its evidence on M ({chance:.1%} of the scene), "
-                 f"{on_p:.0%} on P")
+        share, chance = zone[model]
+        on_p = sidecars[model]["anatomy"]["shares"]["property P"]
+        title = (f"{model} model ({USES[model]}): {share:.0%} of its evidence within 5 mm of M "
+                 f"({share / chance:.0f}x chance), {on_p:.0%} on P")
         tmp = f"{path}.{model}.png"
         save_overlay(tmp, np.asarray(scan.dataobj, dtype=np.float32), np.asarray(nib.load(map_path).dataobj),
                      structures == 1, scan.affine, centre=centre, title=title)
@@ -129,9 +144,11 @@ def run_planted_demo(output_dir: str, seed: int = DEMO_SEED, target_layer: Any =
         if written:
             maps[model] = written[0]
             sidecars[model] = json.loads(Path(written[0][: -len(".nii.gz")] + ".json").read_text())
-    figure = os.path.join(output_dir, "planted_demo.png")
+    figure, zone = os.path.join(output_dir, "planted_demo.png"), {}
     if len(maps) == len(bundles):
-        structures = np.asarray(nib.load(paths["structures"]).dataobj)
-        _figure(figure, paths["image"], structures, maps, sidecars)
+        labels = nib.load(paths["structures"])
+        structures = np.asarray(labels.dataobj)
+        zone = _zone_shares(maps, structures, labels.affine)
+        _figure(figure, paths["image"], structures, maps, sidecars, zone)
     return PlantedDemo(writers=writers, reliance=reliance, scene=paths, figure=figure, maps=maps,
-                       sidecars=sidecars)
+                       sidecars=sidecars, zone=zone)

@@ -70,11 +70,15 @@ def report_planted_demo(demo: Any, output_dir: str) -> int:
               f"without P {scores['no_property']:.2f}")
     if not demo.reliance["verified"]:
         print("  (on this scene the interventions do not single out one cue per model: try another --seed)")
-    print("\nWhere each map puts its evidence (share of its positive mass; chance = share of the scene):")
+    print("\nWhere each map puts its evidence (share of its positive mass, and how many times the structure's "
+          "share of the scene):")
     for model, record in demo.sidecars.items():
         anatomy = record["anatomy"]
-        parts = [f"{name} {anatomy['shares'][name]:.0%} (chance {anatomy['chance'][name]:.1%})"
+        parts = [f"{name} {anatomy['shares'][name]:.1%} ({anatomy['shares'][name] / anatomy['chance'][name]:.0f}x)"
                  for name in ("marker M", "property P", "target object", "other object")]
+        if model in demo.zone:
+            share, chance = demo.zone[model]
+            parts.insert(0, f"within 5 mm of M {share:.1%} ({share / chance:.0f}x)")
         print(f"  {model:8s} {record.get('method', {}).get('name', 'map')}: " + ", ".join(parts))
     here = os.path.abspath(output_dir)
     print(f"\nWritten under {here}:")
