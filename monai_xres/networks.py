@@ -141,11 +141,11 @@ def _deepest_decoder(net: nn.Module) -> str:
 
 
 NETWORK_TYPES: list[NetworkType] = [
-    # UNet: encoder1, by the ground truth (docs/groundtruth.md, the shipped planted-cue UNet pair, 42 verified
-    # scenes of 50): where the default Seg-XRes-CAM finds the planted shortcut best (share of the shortcut
-    # model's positive mass on the marker zone 0.177, 78x chance, model-contrast AUC 1.00; encoder2 0.152;
-    # decoder3, the faithfulness sweep's choice, 0.008, 3.9x, 0.82; decoder2 and decoder1 0.000): by the
-    # decoder the marker's evidence has been moved into the region's own cells
+    # UNet: encoder1, by the ground truth (docs/groundtruth.md, the shipped planted-cue UNet pair, 46 verified
+    # scenes of 50): where the default Seg-XRes-CAM finds the planted shortcut (share of the shortcut model's
+    # positive mass on the marker zone 0.133, 59x chance, model-contrast AUC 1.00; encoder2 0.118; decoder3,
+    # the faithfulness sweep's choice, 0.007, 3.4x, 0.75; decoder2 .. head-input 0.000): by the decoder the
+    # marker's evidence has been moved into the region's own cells
     NetworkType("monai.networks.nets.UNet", "encoder1", stride=_strides, levels=unet_levels),
     # UNETR: decoder4 and decoder3 tie first on the shipped UNETR bundle (docs/faithfulness.md, weights 0.2.1,
     # the full sweep: mean rank 2.11; decoder2 2.78, decoder5 3.00, the bottleneck vit.norm 5.00), the tie to the

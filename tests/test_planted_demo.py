@@ -2,7 +2,7 @@
 
 Pinned with the shipped weights on the demo scene (seed 9100): the shortcut model's default map puts at
 least 5% of its positive mass (and 10x chance) within 5 mm of M, the benchmark's goal for a single scene;
-the control model's map puts less than a fifth of that there, and more on P. Measured: 20% (102x chance)
+the control model's map puts less than a fifth of that there, and more on P. Measured: 11% (56x chance)
 and 0.0%. The bounds leave room for BLAS differences between machines, not for another conclusion.
 """
 
