@@ -57,8 +57,9 @@ def _explain(*extra: str) -> list[str]:
 CASES = {  # name: (arguments with {out} and files from `bad`, what the message must say)
     "pool 0": (_explain("--image", str(SCAN), "--pool-size", "0"), "--pool-size: 0 is below 1"),
     "pool 2.5": (_explain("--image", str(SCAN), "--pool-size", "2.5"), "not a whole number"),
-    # the default layer (decoder3 of the 64 x 64 x 32 window: 8 x 8 x 4 cells), and the bottleneck (4 x 4 x 2)
-    "pool 1000": (_explain("--image", str(SCAN), "--pool-size", "1000"), "larger than the feature grid (8, 8, 4)"),
+    # the default layer (encoder1 of the 64 x 64 x 32 window: 32 x 32 x 16 cells), and the bottleneck (4 x 4 x 2)
+    "pool 1000": (_explain("--image", str(SCAN), "--pool-size", "1000"),
+                  "larger than the feature grid (32, 32, 16) of layer 'model.0'"),
     "pool 3 bottleneck": (_explain("--image", str(SCAN), "--pool-size", "3", "--layer", "bottleneck"),
                           "larger than the feature grid (4, 4, 2) of layer 'model.1.submodule.1.submodule"),
     "pool 3 in one level": (_explain("--image", str(SCAN), "--pool-size", "3", "--layer", "decoder3+bottleneck"),

@@ -27,7 +27,7 @@ def test_the_page_command_writes_the_sweep_and_the_table_between_the_markers(tmp
     assert "**a note**" in text and "ct_spleen_unet2d (UNet), sample cases: layer sweep" in text
     assert "- UNet (ct_spleen_unet2d): `" in text and "pinned default `encoder1`" in text
     for row in ("HiResCAM @ bottleneck", "Seg-XRes-CAM mean w2 @ decoder3+decoder2+decoder1", "RISE centred",
-                "baseline: image intensity", "Seg-XRes-CAM max w4 @ decoder3"):
+                "baseline: image intensity", "Seg-XRes-CAM max w4 @ encoder1"):
         assert f"| {row} |" in text, row
     (result,) = json.loads((tmp_path / "out" / "ranking.json").read_text())
     assert result["default"] == "encoder1" and set(result["ranking"]) == {  # every level, in data-flow order

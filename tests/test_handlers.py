@@ -92,7 +92,7 @@ def test_files_per_method_and_region_equal_inverted_transform(tmp_path, net):
         assert record["input"] == data["image"].meta["filename_or_obj"]
         assert record["method"]["name"] == method
         assert record["method"]["method"] == ("SegXResCAM" if method == "xres" else "HiResCAM")
-        assert record["method"]["target_layer"] == "model.1.submodule.2"  # the UNet default: the deepest decoder
+        assert record["method"]["target_layer"] == "model.0"  # the UNet default: encoder1
         assert record["region"]["name"] == region and record["region"]["class_index"] == 1
         assert record["model"] == {"file": str(model_file), "sha256": sha}
         assert {"monai", "torch", "numpy", "monai-xres"} <= set(record["versions"])

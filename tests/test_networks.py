@@ -23,8 +23,7 @@ def test_unetr_token_reshape_matches_proj_feat():
 @pytest.mark.parametrize(
     "make, layer",
     [
-        (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1),
-         "model.1.submodule.1.submodule.2"),  # decoder2, the deepest of this 3-stride UNet
+        (lambda: UNet(3, 1, 3, (4, 8, 16, 32), (2, 2, 2), num_res_units=1), "model.0"),  # encoder1
         (_unetr, "decoder4"),
         (lambda: SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3), "decoder5"),
         (lambda: SegResNet(3, 8, 1, 3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "up_layers.0"),
@@ -47,11 +46,11 @@ def test_default_layer_gives_a_finite_nontrivial_map(make, layer):
 def test_wrapped_networks_resolve_with_or_without_prefixes():
     net = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0).eval()
     wrapped = nn.DataParallel(net)  # names gain "module." like DDP
-    assert resolve_layer(wrapped, None).name == "module.model.1.submodule"
+    assert resolve_layer(wrapped, None).name == "module.model.0"  # the default: encoder1
     assert resolve_layer(wrapped, "model.1.submodule").module is net.model[1].submodule
     assert resolve_layer(net, "module.model.1.submodule").module is net.model[1].submodule
     compiled = torch.compile(net)  # only the names are looked at: nothing is compiled
-    assert resolve_layer(compiled, None).name == "_orig_mod.model.1.submodule"
+    assert resolve_layer(compiled, None).name == "_orig_mod.model.0"
     x = torch.randn(1, 1, 16, 16)
     target = RegionTarget(1, restrict_to_prediction=False)
     torch.testing.assert_close(SegXResCAM(wrapped)(x, target), SegXResCAM(net)(x, target))
