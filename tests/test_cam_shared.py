@@ -85,7 +85,8 @@ def test_shared_sliding_window_maps_equal_separate_runs_with_one_backward_per_wi
 def test_grouping_keeps_what_cannot_share_apart(small_unet):
     net, other = small_unet(3, out_channels=2), small_unet(3, out_channels=2, seed=1)
     explainers = {"a": HiResCAM(net), "rise": SegRISE(net, n_masks=4, verbose=False),
-                  "b": SegGradCAM(net), "c": SegXResCAM(net, target_layer="model.1.submodule.0"), "d": SegXResCAM(other),
+                  "b": SegGradCAM(net), "c": SegXResCAM(net, target_layer="model.1.submodule.0"),  # encoder2
+                  "d": SegXResCAM(other),
                   "e": SegXResCAM(net, pool_size=2, eval_mode=False), "f": SegXResCAM(net, pool_size=4)}
     jobs = group_by_gradient(explainers)
     assert [names for names, _ in jobs] == [["a", "b", "f"], ["rise"], ["c"], ["d"], ["e"]]
