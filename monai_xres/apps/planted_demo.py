@@ -73,38 +73,32 @@ def _verify(bundles: Mapping[str, Path], scene: Sequence[np.ndarray], seed: int)
                            scene=scene, seed=seed)
 
 
-def _zone_shares(maps: Mapping[str, str], structures: np.ndarray, affine: np.ndarray
+def _zone_shares(maps: Mapping[str, np.ndarray], structures: np.ndarray, affine: np.ndarray
                  ) -> dict[str, tuple[float, float]]:
     """Each map's share of positive mass in the M-zone and the zone's chance level, on the scene's grid."""
-    import nibabel as nib
-
     from monai_xres.metrics.groundtruth import DEFAULT_TOLERANCE_MM, chance_level, marker_zone, mass_share
 
     zone = marker_zone(structures, np.linalg.norm(affine[:3, :3], axis=0), DEFAULT_TOLERANCE_MM)
-    return {model: (mass_share(np.asarray(nib.load(path).dataobj), zone), chance_level(zone))
-            for model, path in maps.items()}
+    return {model: (mass_share(values, zone), chance_level(zone)) for model, values in maps.items()}
 
 
-def _figure(path: str, image_path: str, structures: np.ndarray, maps: Mapping[str, str],
+def _figure(path: str, image: np.ndarray, affine: np.ndarray, structures: np.ndarray, maps: Mapping[str, np.ndarray],
             sidecars: Mapping[str, Mapping[str, Any]], zone: Mapping[str, tuple[float, float]]) -> None:
     """Both maps on the same planes (:func:`comparison_centre`), shortcut above control, in one PNG."""
     import matplotlib.image
-    import nibabel as nib
 
     from monai_xres.output.overlay import save_overlay
     from monai_xres.output.writer import atomic_path
 
-    scan = nib.load(image_path)
     centre = comparison_centre(structures)
     rows = []
-    for model, map_path in maps.items():
+    for model, values in maps.items():
         share, chance = zone[model]
         on_p = sidecars[model]["anatomy"]["shares"]["property P"]
         title = (f"{model} model ({USES[model]}): {share:.0%} of its evidence within 5 mm of M "
                  f"({share / chance:.0f}x chance), {on_p:.0%} on P")
         tmp = f"{path}.{model}.png"
-        save_overlay(tmp, np.asarray(scan.dataobj, dtype=np.float32), np.asarray(nib.load(map_path).dataobj),
-                     structures == 1, scan.affine, centre=centre, title=title)
+        save_overlay(tmp, image.astype(np.float32), values, structures == 1, affine, centre=centre, title=title)
         rows.append(matplotlib.image.imread(tmp))
         os.remove(tmp)
     with atomic_path(path, ".png") as tmp:
@@ -147,9 +141,9 @@ def run_planted_demo(output_dir: str, seed: int = DEMO_SEED, target_layer: Any =
             sidecars[model] = json.loads(Path(written[0][: -len(".nii.gz")] + ".json").read_text())
     figure, zone = os.path.join(output_dir, "planted_demo.png"), {}
     if len(maps) == len(bundles):
-        labels = nib.load(paths["structures"])
-        structures = np.asarray(labels.dataobj)
-        zone = _zone_shares(maps, structures, labels.affine)
-        _figure(figure, paths["image"], structures, maps, sidecars, zone)
+        image, _, structures, affine = scene  # the arrays just written to paths: not read back
+        values = {model: np.asarray(nib.load(path).dataobj) for model, path in maps.items()}
+        zone = _zone_shares(values, structures, affine)
+        _figure(figure, image, affine, structures, values, sidecars, zone)
     return PlantedDemo(writers=writers, reliance=reliance, scene=paths, figure=figure, maps=maps,
                        sidecars=sidecars, zone=zone)
