@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["dynunet_levels", "nnunet_levels", "numbered", "segresnet_levels", "unet_levels"]
+__all__ = ["dynunet_levels", "nnunet_levels", "numbered", "segresnet_levels", "unet_levels", "unetr_levels"]
 
 
 def unet_levels(net: nn.Module) -> dict[str, str]:
@@ -35,6 +35,16 @@ def numbered(bottleneck: str, decoders: Sequence[str], head_input: str, first: i
     levels = {"bottleneck": bottleneck}
     levels.update({f"decoder{first + len(decoders) - 1 - i}": name for i, name in enumerate(decoders)})
     levels["head-input"] = head_input
+    return levels
+
+
+def unetr_levels(net: nn.Module) -> dict[str, str]:
+    """MONAI UNETR, in its own block names: ``encoder1`` is a convolution block on the input (full resolution);
+    ``encoder2`` .. ``encoder4`` turn the ViT's hidden states 3, 6 and 9 into maps at 1/2, 1/4 and 1/8 of it
+    (transposed convolutions of each patch's token); the bottleneck is the ViT's last tokens (``vit.norm``);
+    ``decoder5`` .. ``decoder2`` join them towards the head, a 1x1 convolution of ``decoder2``."""
+    levels = {f"encoder{k}": f"encoder{k}" for k in range(1, 5)}
+    levels.update(numbered("vit.norm", [f"decoder{k}" for k in (5, 4, 3, 2)], "decoder2", 2))
     return levels
 
 

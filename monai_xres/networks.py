@@ -5,7 +5,8 @@ layers a user names by alias), its default target layer, the reshape its layer o
 -> grid), and its total down-sampling stride. Adding a network type is adding one entry (CONTRIBUTING.md).
 
 Level aliases, the same words for every supported network: ``"encoder1"`` .. ``"encoderN"`` (MONAI UNet:
-its down blocks, ``encoder1`` nearest the input, before any skip connection joins the decoder),
+its down blocks, ``encoder1`` nearest the input, before any skip connection joins the decoder; UNETR: its own
+``encoder1`` .. ``encoder4`` blocks),
 ``"bottleneck"`` (the deepest feature map),
 ``"decoder1"`` .. ``"decoderN"`` (the decoder levels, counted from the head: ``decoder1`` is the level
 nearest the segmentation head, the finest; ``decoderN`` the one just above the bottleneck) and
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_xres.level_names import dynunet_levels, nnunet_levels, numbered, segresnet_levels, unet_levels
+from monai_xres.level_names import dynunet_levels, nnunet_levels, numbered, segresnet_levels, unet_levels, unetr_levels
 
 __all__ = ["LEVEL_ALIASES", "NETWORK_TYPES", "NetworkType", "TargetLayer", "default_layer_name", "first_head",
            "layer_list", "network_levels", "network_stride", "network_type", "resolve_layer", "run_network",
@@ -152,8 +153,7 @@ NETWORK_TYPES: list[NetworkType] = [
     # coarser (as for UNet); a reduced sweep (2 cases) had put decoder3 alone first, and with the first weights
     # the bottleneck
     NetworkType("monai.networks.nets.UNETR", "decoder4", reshape=lambda net: tokens_to_grid(net.feat_size),
-                levels=lambda net: numbered("vit.norm", [f"decoder{k}" for k in (5, 4, 3, 2)], "decoder2", 2),
-                tokens="vit."),
+                levels=unetr_levels, tokens="vit."),
     NetworkType("monai.networks.nets.SwinUNETR", _deepest_decoder,
                 levels=lambda net: numbered("encoder10", [f"decoder{k}" for k in (5, 4, 3, 2, 1)], "decoder1")),
     NetworkType("monai.networks.nets.SegResNet", _deepest_decoder, levels=segresnet_levels),

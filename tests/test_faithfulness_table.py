@@ -130,7 +130,8 @@ def test_a_method_that_does_not_beat_every_baseline_is_marked():
 
 def test_sweep_layers_expand_and_bad_layers_are_refused():
     net, _ = bundle_network(ROOT / "bundles" / "ct_organs_unetr3d", weights=False)
-    assert expand_layers(net, ["all"]) == ["bottleneck", "decoder5", "decoder4", "decoder3", "decoder2"]
+    assert expand_layers(net, ["all"]) == ["encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "decoder5",
+                                           "decoder4", "decoder3", "decoder2"]
     assert expand_layers(net, ["decoder3+decoder2", "vit.blocks.3"]) == ["decoder3+decoder2", "vit.blocks.3"]
     with pytest.raises(ValueError, match="No layer named 'decoder1' in UNETR"):
         expand_layers(net, ["decoder1"])

@@ -108,9 +108,12 @@ def test_levels_run_from_bottleneck_to_head_input_and_the_head_is_what_follows(k
 
 def test_unetr_levels_keep_monai_names_and_decoder1_is_refused():
     net, _, _ = _make("UNETR", 3)
-    assert network_levels(net) == {"bottleneck": "vit.norm", "decoder5": "decoder5", "decoder4": "decoder4",
-                                   "decoder3": "decoder3", "decoder2": "decoder2", "head-input": "decoder2"}
-    with pytest.raises(ValueError, match=r"No layer named 'decoder1' in UNETR; its levels: bottleneck, decoder5"):
+    assert network_levels(net) == {"encoder1": "encoder1", "encoder2": "encoder2", "encoder3": "encoder3",
+                                   "encoder4": "encoder4", "bottleneck": "vit.norm", "decoder5": "decoder5",
+                                   "decoder4": "decoder4", "decoder3": "decoder3", "decoder2": "decoder2",
+                                   "head-input": "decoder2"}
+    assert list(network_levels(net))[:5] == ["encoder1", "encoder2", "encoder3", "encoder4", "bottleneck"]
+    with pytest.raises(ValueError, match=r"No layer named 'decoder1' in UNETR; its levels: encoder1, encoder2"):
         resolve_layer(net, "decoder1")
     with pytest.raises(ValueError, match="need a supported network"):
         resolve_layer(nn.Sequential(nn.Conv2d(1, 1, 1)), "bottleneck")
