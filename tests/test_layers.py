@@ -31,7 +31,9 @@ def _segresnet(dims):
 
 
 def _dynunet(dims):
-    return DynUNet(dims, 1, 3, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2])
+    # the others' widths (MONAI's default starts at 32 filters: 4x the float64 work for the same checks)
+    return DynUNet(dims, 1, 3, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2],
+                   filters=[8, 16, 32, 64])
 
 
 def _nnunet(kind):
@@ -51,7 +53,7 @@ NETWORKS = {
     "UNet": (_unet, (64, 64, 32), lambda net: net.model[2][1]),
     "UNet-no-res": (lambda d: _unet(d, 0), (64, 64, 32), lambda net: net.model[2]),
     "UNETR": (_unetr, (64, 64, 32), lambda net: net.out),
-    "SwinUNETR": (_swin, (64, 64, 64), lambda net: net.out),
+    "SwinUNETR": (_swin, (64, 64, 32), lambda net: net.out),
     "SegResNet": (_segresnet, (64, 64, 32), lambda net: net.conv_final[2]),
     "DynUNet": (_dynunet, (64, 64, 32), lambda net: net.output_block),
     "PlainConvUNet": (_nnunet("PlainConvUNet"), (64, 64, 32), lambda net: net.decoder.seg_layers[-1]),
@@ -84,9 +86,10 @@ def test_levels_run_from_bottleneck_to_head_input_and_the_head_is_what_follows(k
     levels = network_levels(net)
     encoders = [a for a in levels if a.startswith("encoder")]
     decoders = [a for a in levels if a.startswith("decoder")]
-    # the order data flows: encoder1 .. encoderN (UNet), the bottleneck, decoderN .. decoder1, the head input
+    # the order data flows: encoder1 .. encoderN (UNet, UNETR), the bottleneck, decoderN .. decoder1, the head input
     assert list(levels) == [*encoders, "bottleneck", *decoders, "head-input"] and decoders
-    assert encoders == [f"encoder{k}" for k in range(1, len(encoders) + 1)] and (kind != "UNet" or encoders)
+    assert encoders == [f"encoder{k}" for k in range(1, len(encoders) + 1)]
+    assert bool(encoders) == (kind in ("UNet", "UNet-no-res", "UNETR"))
     # the convention: decoder numbers grow towards the bottleneck; decoder1 is the level nearest the head
     numbers = [int(a[len("decoder"):]) for a in decoders]
     assert numbers == sorted(numbers, reverse=True) and numbers == list(range(numbers[0], numbers[-1] - 1, -1))
