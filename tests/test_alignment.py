@@ -116,6 +116,8 @@ def _pipeline(keys: list[str], pixdim: tuple[float, ...], a_max: float = 1000.0)
     ])
 
 
+@pytest.mark.skipif(not (CT.is_file() and LABELS.is_file()),
+                    reason=f"real CT not found: {CT} and {LABELS.name} (CI has ../shared/data beside the checkout)")
 def test_real_ct_saved_on_the_scan(tmp_path, small_unet):
     """The issue's chain on the real abdominal CT; the liver region, specified on the preprocessed grid,
     comes back centred on the liver of the original label file."""
