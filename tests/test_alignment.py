@@ -34,14 +34,11 @@ from monai.transforms import (
 )
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from real_ct import CT, LABELS, needs_real_ct
 from torch import nn
 
 from monai_xres.explainers.cam import HiResCAM, SegXResCAM
 from monai_xres.handlers import SaliencyWriter
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-CT = DATA / "ct_abdomen_3mm.nii.gz"
-LABELS = DATA / "ct_abdomen_3mm_labels.nii.gz"
 
 
 class BlockDetector(nn.Module):
@@ -116,8 +113,7 @@ def _pipeline(keys: list[str], pixdim: tuple[float, ...], a_max: float = 1000.0)
     ])
 
 
-@pytest.mark.skipif(not (CT.is_file() and LABELS.is_file()),
-                    reason=f"real CT not found: {CT} and {LABELS.name} (CI has ../shared/data beside the checkout)")
+@needs_real_ct
 def test_real_ct_saved_on_the_scan(tmp_path, small_unet):
     """The issue's chain on the real abdominal CT; the liver region, specified on the preprocessed grid,
     comes back centred on the liver of the original label file."""

@@ -8,22 +8,16 @@ The bundles are trained on synthetic CT only; the real scan is their test case, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 from bundle_runs import dice as bundle_dice
 from bundle_runs import metadata, segment
+from real_ct import CT, LABELS, needs_real_ct
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / ".." / "shared" / "data"
-CT, LABELS = DATA / "ct_abdomen_3mm.nii.gz", DATA / "ct_abdomen_3mm_labels.nii.gz"
 TOTALSEGMENTATOR_IDS = {"spleen": 1, "right_kidney": 2, "left_kidney": 3, "liver": 5}  # the real label map's ids
 
-pytestmark = pytest.mark.skipif(
-    not (CT.is_file() and LABELS.is_file()),
-    reason=f"real CT not found: {CT} and {LABELS.name} (CI has ../shared/data beside the checkout)")
+pytestmark = needs_real_ct
 
 
 @pytest.mark.parametrize("name", ("ct_spleen_unet3d", "ct_spleen_unet2d", "ct_organs_unetr3d"))

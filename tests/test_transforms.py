@@ -24,6 +24,7 @@ from monai.transforms import (
     Orientationd,
     Spacingd,
 )
+from real_ct import CT, LABELS, needs_real_ct
 
 from monai_xres.explainers.cam import SegXResCAM
 from monai_xres.regions import RegionSpec, RegionTarget, world_box_to_voxels
@@ -301,15 +302,13 @@ def test_segrised_equals_segrise(case, net):
     assert len(out["saliency_segrise"].applied_operations) == len(case["image"].applied_operations)
 
 
+@needs_real_ct
 def test_region_file_on_the_scan_grid_lands_on_the_preprocessed_grid():
     """A label map path (as a bundle datalist gives it) is placed through world coordinates: voxel for voxel
     what the same label map gives when preprocessed alongside the image (nearest)."""
     from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
 
-    data_dir = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    files = {"image": str(data_dir / "ct_abdomen_3mm.nii.gz"), "label": str(data_dir / "ct_abdomen_3mm_labels.nii.gz")}
-    if not Path(files["image"]).exists():
-        pytest.skip("../shared/data is not beside the checkout")
+    files = {"image": str(CT), "label": str(LABELS)}
     keys = ["image", "label"]
     prep = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, "RAS"),
                     Spacingd(keys, (4.0, 4.0, 4.5), mode=("bilinear", "nearest")),
