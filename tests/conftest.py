@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -15,6 +16,16 @@ from monai.networks.nets import UNet
 # ToTensor` (utils/image.py) and `from torchvision.transforms.functional import resize` (sess.py). None of
 # them is used by HiResCAM/GradCAM/SemanticSegmentationTarget; calling one raises.
 _STANDIN_NAMES = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker (and every process it starts) gets its share of the cores: torch's default
+    of one thread per core in every worker would oversubscribe them and slow the run down."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def _torchvision_standin() -> dict[str, types.ModuleType]:
