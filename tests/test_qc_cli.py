@@ -29,7 +29,6 @@ def _same_grid(path: Path, scan: Path = CASE) -> None:
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
 
 
-@pytest.mark.timeout(1800)
 def _label_with_a_missed_liver(path: Path) -> Path:
     """The case's label with a small block in the middle of the spleen relabelled 'liver', where the network
     predicts spleen, not liver: a false-negative liver instance by construction, whatever the weights."""
@@ -43,6 +42,7 @@ def _label_with_a_missed_liver(path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(1800)
 def test_liver_instances_with_a_label_give_tp_fp_fn_rows_maps_and_slicer_files(tmp_path):
     out = tmp_path / "out"
     label = _label_with_a_missed_liver(tmp_path / "label.nii.gz")
