@@ -31,16 +31,12 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from monai_xres.cli.arguments import seed_range
 from monai_xres.sample_data import planted
 
 PATCH = 16
 CODES = {"marker": 3, "property": 4}
 BINS_MM = (0, 5, 10, 20, 30, 45, np.inf)
-
-
-def _seeds(text: str) -> list[int]:
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
 
 
 def scenes(kind: str, seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -85,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=("shortcut", "control"), default="shortcut")
     parser.add_argument("--cue", choices=tuple(CODES), default="marker")
-    parser.add_argument("--seeds", type=_seeds, default=_seeds("0-299"))
+    parser.add_argument("--seeds", type=seed_range, default=seed_range("0-299"))
     parser.add_argument("--checkpoint", help="a UNETR state dict from the bundle's train.json")
     parser.add_argument("--bundle", default="bundles/planted_shortcut_unetr3d")
     args = parser.parse_args()

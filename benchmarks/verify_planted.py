@@ -16,21 +16,17 @@ import json
 import numpy as np
 import torch
 
+from monai_xres.cli.arguments import seed_range
 from monai_xres.metrics.reliance import INTERVENTIONS, bundle_predictor, verify_reliance
 from monai_xres.output.writer import atomic_write_text
 from monai_xres.sample_data.planted import generate_scene
-
-
-def _seeds(text: str) -> list[int]:
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("shortcut", help="bundle trained on shortcut scenes")
     parser.add_argument("control", help="bundle trained on control scenes")
-    parser.add_argument("--seeds", type=_seeds, default=_seeds("9100-9149"), help="test-scene seeds, FIRST-LAST")
+    parser.add_argument("--seeds", type=seed_range, default=seed_range("9100-9149"), help="test-scene seeds, LOW-HIGH")
     parser.add_argument("--json", help="write every case's Dice here")
     args = parser.parse_args()
     torch.set_num_threads(1)

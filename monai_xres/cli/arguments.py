@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["class_value", "finite", "positive", "whole"]
+__all__ = ["class_value", "finite", "positive", "seed_range", "whole"]
 
 
 def whole(low: int):
@@ -48,3 +48,15 @@ def positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not above 0")
     return value
+
+
+def seed_range(text: str) -> list[int]:
+    """A seed (``2000``) or an inclusive range (``2000-2019``)."""
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high) if sep else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range like 2000-2019") from None
+    if first < 0 or last < first:
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0, ranges low-high")
+    return list(range(first, last + 1))

@@ -13,22 +13,11 @@ from pathlib import Path
 
 from monai_xres.apps import checks
 from monai_xres.apps.errors import UsageError
+from monai_xres.cli.arguments import seed_range
 from monai_xres.explainers.registry import get_method, method_choices
 from monai_xres.output.lock import output_lock
 
 __all__ = ["add_parser", "run"]
-
-
-def _seeds(text: str) -> list[int]:
-    """A seed (``2000``) or an inclusive range (``2000-2019``)."""
-    low, sep, high = text.partition("-")
-    try:
-        first, last = int(low), int(high) if sep else int(low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range like 2000-2019") from None
-    if first < 0 or last < first:
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0, ranges low-high")
-    return list(range(first, last + 1))
 
 
 def _tolerance(text: str) -> float:
@@ -48,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     gt.add_argument("--shortcut-bundle", required=True, help="bundle trained so that the marker M decides the target")
     gt.add_argument("--control-bundle", required=True, help="bundle of the same recipe trained so that the property "
                     "P decides it")
-    gt.add_argument("--seeds", nargs="+", type=_seeds, help="test scenes: seeds or ranges (default 2000-2019)")
+    gt.add_argument("--seeds", nargs="+", type=seed_range, help="test scenes: seeds or ranges (default 2000-2019)")
     gt.add_argument("--methods", nargs="+", choices=method_choices(), metavar="METHOD", help="methods to compare, "
                     f"of {', '.join(method_choices())} (default: all but the optional ones, every variant)")
     gt.add_argument("--layers", nargs="+", help="layer sweep as in evaluate: level aliases, dotted names, 'a+b', "
