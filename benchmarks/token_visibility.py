@@ -11,14 +11,13 @@ convolution block. This prints, for the 16^3 patches of planted scenes (the grid
   the cue against the truth: how far the cue's whereabouts reach in the network.
 
     python benchmarks/token_visibility.py --kind shortcut --cue marker --seeds 0-299 \
-        [--checkpoint CKPT --bundle bundles/planted_shortcut_unetr3d]
+        --bundle bundles/planted_shortcut_unetr3d [--checkpoint CKPT]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -39,13 +38,27 @@ CODES = {"marker": 3, "property": 4}
 BINS_MM = (0, 5, 10, 20, 30, 45, np.inf)
 
 
-def scenes(kind: str, seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(image windowed to [0, 1] as the bundles do, structures)`` per seed, from the bundles' scene cache."""
-    folder = os.path.join(tempfile.gettempdir(), f"monai_xres_planted_v{planted.PLANTED_VERSION}", f"{kind}_gap20-40")
+def _train_config(bundle: str, kind: str | None = None) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "train.json"))
+    parser["bundle_root"] = bundle
+    if kind is not None:
+        parser["kind"] = kind
+    return parser
+
+
+def scenes(bundle: str, kind: str, seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(image, structures)`` per seed: the scenes from the bundle's own scene cache (its ``dataset_dir``), the
+    image windowed by its training's ``ScaleIntensityRanged`` (the scenes are already on its grid)."""
+    parser = _train_config(bundle, kind)
+    steps = parser["train"]["deterministic_transforms"]
+    (window,) = [parser.get_parsed_content(f"train#deterministic_transforms#{i}")
+                 for i, step in enumerate(steps) if step["_target_"] == "ScaleIntensityRanged"]
+    items = planted.write_scenes(parser.get_parsed_content("dataset_dir"), seeds, kind, parser["marker_gap_mm"])
     out = []
-    for item in planted.write_scenes(folder, seeds, kind):
-        image = np.asarray(nib.load(item["image"]).dataobj, np.float32)
-        out.append((np.clip((image + 150) / 400, 0, 1), np.asarray(nib.load(item["structures"]).dataobj)))
+    for item in items:
+        image = window({"image": np.asarray(nib.load(item["image"]).dataobj, np.float32)[None]})["image"][0]
+        out.append((np.asarray(image, np.float32), np.asarray(nib.load(item["structures"]).dataobj)))
     return out
 
 
@@ -69,8 +82,7 @@ def linear_auc(features: np.ndarray, labels: np.ndarray) -> float:
 def load_unetr(checkpoint: str, bundle: str) -> torch.nn.Module:
     """The bundle's training network, with as many output channels as the checkpoint's head has."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    parser = ConfigParser()
-    parser.read_config(os.path.join(bundle, "configs", "train.json"))
+    parser = _train_config(bundle)
     parser["network_def"]["out_channels"] = int(state["out.conv.conv.weight"].shape[0])
     net = parser.get_parsed_content("network_def")
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
@@ -83,10 +95,11 @@ def main() -> None:
     parser.add_argument("--cue", choices=tuple(CODES), default="marker")
     parser.add_argument("--seeds", type=seed_range, default=seed_range("0-299"))
     parser.add_argument("--checkpoint", help="a UNETR state dict from the bundle's train.json")
-    parser.add_argument("--bundle", default="bundles/planted_shortcut_unetr3d")
+    parser.add_argument("--bundle", default="bundles/planted_shortcut_unetr3d",
+                        help="a UNETR planted bundle: its scene cache, input window and network")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    code, data = CODES[args.cue], scenes(args.kind, args.seeds)
+    code, data = CODES[args.cue], scenes(args.bundle, args.kind, args.seeds)
     labels = np.array([(p == code).sum() >= 5 for _, s in data for p in patch_grid(s)])
     raw = np.stack([p.ravel() for image, _ in data for p in patch_grid(image)])
     print(f"{len(labels)} patches of {PATCH}^3 voxels from {len(data)} {args.kind} scenes, {labels.sum()} holding "
